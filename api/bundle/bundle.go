@@ -1,0 +1,216 @@
+// Package bundle defines the policy bundle: the document the operator writes
+// into the Secret keygate-<policy> and every sidecar of that policy reads (from
+// the Secret, or from a file with --bundle-file). It holds the resolved policy,
+// the signing keys and, for each Ready ApiKey, only keyed digests of its
+// secrets — never a secret in clear. docs/bundle.md describes the format.
+package bundle
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// FormatVersion is the value of Bundle.Version this package reads and writes.
+const FormatVersion = "keygate.dev/bundle/v1"
+
+// SecretDataKey is the key of the bundle document in the bundle Secret's data.
+const SecretDataKey = "bundle.json"
+
+// SecretName is the name of the bundle Secret of a TokenPolicy.
+func SecretName(policy string) string { return "keygate-" + policy }
+
+// RevocationsConfigMapName is the name of the revocations ConfigMap of a
+// TokenPolicy. Its data maps a revoked token's ID (jti) to the token's expiry
+// in RFC 3339; entries are pruned once the token has expired.
+func RevocationsConfigMapName(policy string) string { return "keygate-" + policy + "-revocations" }
+
+// Bundle is everything a sidecar needs to enforce one TokenPolicy.
+type Bundle struct {
+	// Version is FormatVersion.
+	Version string `json:"version"`
+	// Policy is the TokenPolicy's spec, with defaults applied.
+	Policy Policy `json:"policy"`
+	// HashKey is the per-policy HMAC-SHA256 key of the secret digests.
+	HashKey []byte `json:"hashKey"`
+	// SigningKeys are the token signing keys, the current one first; the others
+	// only verify tokens until their RetiresAt.
+	SigningKeys []SigningKey `json:"signingKeys"`
+	// Keys are the policy's Ready ApiKeys, sorted by KeyID.
+	Keys []Key `json:"keys"`
+}
+
+// Policy is the resolved TokenPolicy.
+type Policy struct {
+	Namespace             string   `json:"namespace"`
+	Name                  string   `json:"name"`
+	Issuer                string   `json:"issuer"`
+	Audience              string   `json:"audience"`
+	TokenTTLSeconds       int64    `json:"tokenTTLSeconds"`
+	ClientTokenTTLSeconds int64    `json:"clientTokenTTLSeconds"`
+	Basic                 bool     `json:"basic"`
+	BearerSchemes         []string `json:"bearerSchemes"`
+	APIKeyHeader          string   `json:"apiKeyHeader,omitempty"`
+	Grants                []string `json:"grants"`
+	TokenPaths            []string `json:"tokenPaths"`
+	AllowedCIDRs          []string `json:"allowedCIDRs,omitempty"`
+	TrustedProxies        []string `json:"trustedProxies,omitempty"`
+	PublicPaths           []string `json:"publicPaths,omitempty"`
+	Rules                 []Rule   `json:"rules,omitempty"`
+	// DefaultAction is "Deny" or "Authenticated".
+	DefaultAction string `json:"defaultAction"`
+}
+
+// Rule maps requests to the permission they need; the first match wins.
+type Rule struct {
+	// Methods matched; empty or "*" matches every method.
+	Methods []string `json:"methods,omitempty"`
+	// Paths matched exactly, or by prefix when they end in "/*".
+	Paths      []string `json:"paths"`
+	Permission string   `json:"permission"`
+}
+
+// SigningKey is one token signing key.
+type SigningKey struct {
+	// KeyID is the "kid" header of the tokens it signs.
+	KeyID string `json:"kid"`
+	// Algorithm is EdDSA, ES256, RS256 or HS256.
+	Algorithm string `json:"alg"`
+	// JWK is the private key as a JSON Web Key (RFC 7517), "kid" and "alg" set.
+	JWK json.RawMessage `json:"jwk"`
+	// CreatedAt is when the key was made.
+	CreatedAt time.Time `json:"createdAt"`
+	// RetiresAt is set on previous keys: they verify tokens until then and sign none.
+	RetiresAt *time.Time `json:"retiresAt,omitempty"`
+}
+
+// Key is one Ready ApiKey.
+type Key struct {
+	// Name is the ApiKey object's name.
+	Name string `json:"name"`
+	// KeyID is the public key identifier (the Basic user name).
+	KeyID string `json:"keyID"`
+	// Secrets are the digests of the secrets that work, the current one first;
+	// a previous secret carries the end of its grace period in ExpiresAt.
+	Secrets      []SecretDigest `json:"secrets"`
+	Permissions  []string       `json:"permissions,omitempty"`
+	AllowedCIDRs []string       `json:"allowedCIDRs,omitempty"`
+	Clients      []Client       `json:"clients,omitempty"`
+	// ExpiresAt is when the key itself stops working, if ever.
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+}
+
+// SecretDigest is HMAC-SHA256(Bundle.HashKey, secret) of one secret.
+type SecretDigest struct {
+	Digest    []byte     `json:"digest"`
+	Version   int64      `json:"version"`
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+}
+
+// Client is a sub-client of a key, with a subset of its permissions.
+type Client struct {
+	Key         string   `json:"key"`
+	Permissions []string `json:"permissions,omitempty"`
+}
+
+// Digest returns HMAC-SHA256(hashKey, secret), the form in which a secret is
+// stored in the bundle. Compare digests with hmac.Equal.
+func Digest(hashKey []byte, secret string) []byte {
+	m := hmac.New(sha256.New, hashKey)
+	m.Write([]byte(secret))
+	return m.Sum(nil)
+}
+
+// Marshal encodes b. The encoding is deterministic, so an unchanged bundle
+// encodes to unchanged bytes and the operator can skip the write.
+func Marshal(b *Bundle) ([]byte, error) { return json.Marshal(b) }
+
+// Parse decodes and validates a bundle document. An invalid document is
+// rejected whole, with every problem found.
+func Parse(data []byte) (*Bundle, error) {
+	b := &Bundle{}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(b); err != nil {
+		return nil, fmt.Errorf("decode bundle: %w", err)
+	}
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Validate reports every problem of b together.
+func (b *Bundle) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if b.Version != FormatVersion {
+		bad("version %q is not %q", b.Version, FormatVersion)
+	}
+	p := &b.Policy
+	if p.Issuer == "" {
+		bad("policy.issuer is empty")
+	}
+	if p.Audience == "" {
+		bad("policy.audience is empty")
+	}
+	if p.TokenTTLSeconds <= 0 || p.ClientTokenTTLSeconds <= 0 {
+		bad("policy token TTLs must be positive")
+	}
+	if len(p.BearerSchemes) == 0 {
+		bad("policy.bearerSchemes is empty")
+	}
+	if p.DefaultAction != "Deny" && p.DefaultAction != "Authenticated" {
+		bad("policy.defaultAction %q is not Deny or Authenticated", p.DefaultAction)
+	}
+	checkCIDRs := func(field string, cidrs []string) {
+		for _, c := range cidrs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				bad("%s: %q is not a CIDR block", field, c)
+			}
+		}
+	}
+	checkCIDRs("policy.allowedCIDRs", p.AllowedCIDRs)
+	checkCIDRs("policy.trustedProxies", p.TrustedProxies)
+	for i, r := range p.Rules {
+		if len(r.Paths) == 0 || r.Permission == "" {
+			bad("policy.rules[%d] needs paths and a permission", i)
+		}
+	}
+	if len(b.HashKey) < 32 {
+		bad("hashKey is shorter than 32 bytes")
+	}
+	if len(b.SigningKeys) == 0 {
+		bad("signingKeys is empty")
+	}
+	for i, k := range b.SigningKeys {
+		if k.KeyID == "" || k.Algorithm == "" || len(k.JWK) == 0 {
+			bad("signingKeys[%d] needs kid, alg and jwk", i)
+		}
+	}
+	seen := make(map[string]bool, len(b.Keys))
+	for i, k := range b.Keys {
+		if k.KeyID == "" {
+			bad("keys[%d] has no keyID", i)
+		}
+		if seen[k.KeyID] {
+			bad("keys[%d]: keyID %s appears twice", i, k.KeyID)
+		}
+		seen[k.KeyID] = true
+		if len(k.Secrets) == 0 {
+			bad("keys[%d] (%s) has no secret digest", i, k.KeyID)
+		}
+		for _, s := range k.Secrets {
+			if len(s.Digest) != sha256.Size {
+				bad("keys[%d] (%s) has a digest that is not HMAC-SHA256", i, k.KeyID)
+			}
+		}
+		checkCIDRs(fmt.Sprintf("keys[%d].allowedCIDRs", i), k.AllowedCIDRs)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,51 @@
+package v1alpha1
+
+// Condition types.
+const (
+	// ConditionReady tells whether the object is in force.
+	ConditionReady = "Ready"
+	// ConditionReconciling is True while the operator works towards the spec.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True when the spec cannot be acted on until it changes.
+	ConditionStalled = "Stalled"
+)
+
+// Condition reasons; Events use the same words.
+const (
+	ReasonReady           = "Ready"
+	ReasonPolicyNotFound  = "PolicyNotFound"
+	ReasonLimitExceeded   = "LimitExceeded"
+	ReasonExpired         = "Expired"
+	ReasonDisabled        = "Disabled"
+	ReasonSecretConflict  = "SecretConflict"
+	ReasonRotated         = "Rotated"
+	ReasonSecretReplaced  = "SecretReplaced"
+	ReasonBundleUpdated   = "BundleUpdated"
+	ReasonSigningRotated  = "SigningKeyRotated"
+	ReasonProgressing     = "Progressing"
+	ReasonReconcileFailed = "ReconcileFailed"
+)
+
+// Labels and annotations.
+const (
+	// LabelManagedBy marks objects keygate writes.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is LabelManagedBy's value.
+	ManagedByValue = "keygate"
+	// LabelApiKey names the ApiKey a credentials Secret belongs to.
+	LabelApiKey = "keygate.dev/api-key"
+	// LabelTokenPolicy names the TokenPolicy an object belongs to.
+	LabelTokenPolicy = "keygate.dev/token-policy"
+	// AnnotationRotate asks for a rotation whenever its value changes.
+	AnnotationRotate = "keygate.dev/rotate"
+	// LabelInject opts a pod in to sidecar injection.
+	LabelInject = "keygate.dev/inject"
+	// AnnotationPolicy names the TokenPolicy an injected sidecar enforces.
+	AnnotationPolicy = "keygate.dev/policy"
+	// AnnotationUpstreamPort is the main container's port the sidecar forwards to.
+	AnnotationUpstreamPort = "keygate.dev/upstream-port"
+	// AnnotationPort is the sidecar's listening port (default 8443).
+	AnnotationPort = "keygate.dev/port"
+	// AnnotationInjected records that (and by which version) a pod was injected.
+	AnnotationInjected = "keygate.dev/injected"
+)
