@@ -1,0 +1,340 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	"github.com/keygate-dev/keygate/api/bundle"
+)
+
+// fieldOwner is the server-side field manager of every write the operator makes.
+const fieldOwner = client.FieldOwner("keygate")
+
+// errSecretConflict is returned when the credentials Secret belongs to someone else.
+var errSecretConflict = errors.New("credentials Secret is not owned by this ApiKey")
+
+// ApiKeyReconciler keeps an ApiKey's credentials Secret and status current:
+// it generates and rotates the secret and decides whether the key is Ready.
+type ApiKeyReconciler struct {
+	client.Client
+	Clock    clock.PassiveClock
+	Recorder recorder.EventRecorder
+}
+
+// +kubebuilder:rbac:groups=keygate.dev,resources=apikeys,verbs=get;list;watch
+// +kubebuilder:rbac:groups=keygate.dev,resources=apikeys/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=keygate.dev,resources=apikeys/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// apiKeyPhase is one step of an ApiKey reconciliation; it owns one concern.
+type apiKeyPhase func(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error)
+
+// Reconcile runs the phases in order and writes the status once, at the end.
+func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
+	key := &keygatev1.ApiKey{}
+	if err := r.Get(ctx, req.NamespacedName, key); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !key.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // the garbage collector removes the credentials Secret
+	}
+	before := key.DeepCopy()
+	patch := client.MergeFrom(before)
+	defer func() {
+		if err == nil || errors.Is(err, reconcile.TerminalError(nil)) {
+			key.Status.ObservedGeneration = key.Generation
+		}
+		r.recordReadyTransition(before, key)
+		if equality.Semantic.DeepEqual(before.Status, key.Status) {
+			return
+		}
+		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, key, patch)))
+	}()
+	return runPhases(ctx, key, r.ensureCredentials, r.checkReady)
+}
+
+// runPhases runs phases until one fails and returns the soonest requeue.
+func runPhases[T any](ctx context.Context, obj T, phases ...func(context.Context, T) (ctrl.Result, error)) (ctrl.Result, error) {
+	var res ctrl.Result
+	for _, phase := range phases {
+		r, err := phase(ctx, obj)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if r.RequeueAfter > 0 && (res.RequeueAfter == 0 || r.RequeueAfter < res.RequeueAfter) {
+			res.RequeueAfter = r.RequeueAfter
+		}
+	}
+	return res, nil
+}
+
+// ensureCredentials creates, repairs or rotates the credentials Secret and
+// mirrors its bookkeeping into the status.
+func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	now := r.Clock.Now().UTC().Truncate(time.Second)
+	name := credentialsSecretName(key)
+	key.Status.SecretName = name
+
+	secret := &corev1.Secret{}
+	var cur *credentials
+	switch err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, secret); {
+	case apierrors.IsNotFound(err):
+		secret = nil
+	case err != nil:
+		return ctrl.Result{}, fmt.Errorf("read credentials Secret %q: %w", name, err)
+	case !metav1.IsControlledBy(secret, key):
+		return ctrl.Result{}, r.secretConflict(key, name)
+	default:
+		c := readCredentials(secret)
+		cur = &c
+	}
+
+	trigger := decideRotation(key, cur, now)
+	var next credentials
+	switch trigger {
+	case triggerNone:
+		next = *cur
+		next.Previous = livePrevious(cur, now)
+	default:
+		var err error
+		if next, err = r.newCredentials(ctx, key, cur, trigger, now); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	created, err := r.writeSecret(ctx, key, secret, name, next)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if created {
+		log.Info("Created credentials Secret", "secret", name, "keyID", next.KeyID, "secretVersion", next.Version)
+	}
+	r.afterRotation(key, trigger, next)
+
+	key.Status.KeyID = next.KeyID
+	key.Status.SecretVersion = next.Version
+	key.Status.LastRotationTime = &metav1.Time{Time: next.RotatedAt}
+	key.Status.LastRotateRequest = next.RotateHandled
+	key.Status.PreviousSecretExpiresAt = nil
+	var expiry time.Time
+	if next.Previous != nil {
+		key.Status.PreviousSecretExpiresAt = &metav1.Time{Time: next.Previous.ExpiresAt}
+		expiry = next.Previous.ExpiresAt
+	}
+	meta.RemoveStatusCondition(&key.Status.Conditions, keygatev1.ConditionStalled)
+	due, _ := scheduledRotation(key, &next)
+	return ctrl.Result{RequeueAfter: requeueAt(now, due, expiry)}, nil
+}
+
+// newCredentials makes the credentials that replace cur. The key ID is kept;
+// on a rotation the current secret's digest (with the policy's hash key)
+// stays valid for the grace period.
+func (r *ApiKeyReconciler) newCredentials(ctx context.Context, key *keygatev1.ApiKey, cur *credentials, trigger rotationTrigger, now time.Time) (credentials, error) {
+	next := credentials{Version: 1, RotatedAt: now, Intact: true}
+	next.KeyID = key.Status.KeyID
+	if cur != nil && cur.Intact {
+		next.KeyID = cur.KeyID
+	}
+	if next.KeyID == "" {
+		id, err := newKeyID()
+		if err != nil {
+			return credentials{}, err
+		}
+		next.KeyID = id
+	}
+	if cur != nil && cur.Version >= next.Version {
+		next.Version = cur.Version + 1
+	}
+	if key.Status.SecretVersion >= next.Version {
+		next.Version = key.Status.SecretVersion + 1
+	}
+	secret, err := newSecret()
+	if err != nil {
+		return credentials{}, err
+	}
+	next.Secret = secret
+	next.RotateHandled = handledRotateRequest(key, cur)
+	if trigger == triggerInitial || trigger == triggerManual {
+		next.RotateHandled = key.Annotations[keygatev1.AnnotationRotate]
+	}
+	if (trigger == triggerManual || trigger == triggerScheduled) && gracePeriod(key) > 0 {
+		hashKey, err := r.policyHashKey(ctx, key)
+		if err != nil {
+			return credentials{}, err
+		}
+		if hashKey != nil { // no policy yet: the key was in no bundle, nothing to keep valid
+			next.Previous = &previousSecret{
+				Digest:    bundle.Digest(hashKey, cur.Secret),
+				Version:   cur.Version,
+				ExpiresAt: now.Add(gracePeriod(key)),
+			}
+		}
+	}
+	return next, nil
+}
+
+// policyHashKey reads the HMAC key of the key's policy, nil if there is none yet.
+func (r *ApiKeyReconciler) policyHashKey(ctx context.Context, key *keygatev1.ApiKey) ([]byte, error) {
+	s := &corev1.Secret{}
+	name := signingSecretName(key.Spec.PolicyRef.Name)
+	if err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read signing Secret %q: %w", name, err)
+	}
+	hk := s.Data[signingHashKey]
+	if len(hk) < hashKeyLength {
+		return nil, nil
+	}
+	return hk, nil
+}
+
+// writeSecret creates the credentials Secret, or patches it when its content
+// differs from next; an unchanged Secret is not written.
+func (r *ApiKeyReconciler) writeSecret(ctx context.Context, key *keygatev1.ApiKey, existing *corev1.Secret, name string, next credentials) (created bool, err error) {
+	desired := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: name}}
+	if existing != nil {
+		desired = existing.DeepCopy()
+	}
+	if desired.Labels == nil {
+		desired.Labels = map[string]string{}
+	}
+	desired.Labels[keygatev1.LabelManagedBy] = keygatev1.ManagedByValue
+	desired.Labels[keygatev1.LabelApiKey] = key.Name
+	desired.Labels[keygatev1.LabelTokenPolicy] = key.Spec.PolicyRef.Name
+	writeCredentials(desired, next)
+	if err := controllerutil.SetControllerReference(key, desired, r.Scheme()); err != nil {
+		return false, fmt.Errorf("set owner of credentials Secret %q: %w", name, err)
+	}
+	if existing == nil {
+		if err := r.Create(ctx, desired, fieldOwner); err != nil {
+			if apierrors.IsAlreadyExists(err) {
+				// Not in our cache, so not labelled as ours: someone else's Secret.
+				return false, r.secretConflict(key, name)
+			}
+			return false, fmt.Errorf("create credentials Secret %q: %w", name, err)
+		}
+		return true, nil
+	}
+	if equality.Semantic.DeepEqual(existing.Data, desired.Data) &&
+		equality.Semantic.DeepEqual(existing.Labels, desired.Labels) &&
+		equality.Semantic.DeepEqual(existing.Annotations, desired.Annotations) &&
+		equality.Semantic.DeepEqual(existing.OwnerReferences, desired.OwnerReferences) &&
+		existing.Type == desired.Type {
+		return false, nil
+	}
+	if err := r.Patch(ctx, desired, client.MergeFromWithOptions(existing, client.MergeFromWithOptimisticLock{}), fieldOwner); err != nil {
+		return false, fmt.Errorf("update credentials Secret %q: %w", name, err)
+	}
+	return false, nil
+}
+
+// afterRotation records a rotation in Events and metrics (key names only).
+func (r *ApiKeyReconciler) afterRotation(key *keygatev1.ApiKey, trigger rotationTrigger, next credentials) {
+	switch trigger {
+	case triggerManual, triggerScheduled:
+		grace := "the previous secret stops working at once"
+		if next.Previous != nil {
+			grace = "the previous secret works until " + next.Previous.ExpiresAt.Format(time.RFC3339)
+		}
+		r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, keygatev1.ReasonRotated, "Rotate",
+			"Rotated the secret of key %s (%s rotation) to version %d; %s", next.KeyID, trigger, next.Version, grace)
+	case triggerReplaced:
+		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, keygatev1.ReasonSecretReplaced, "Rotate",
+			"Credentials Secret %s was deleted or edited; wrote a new secret for key %s, version %d", credentialsSecretName(key), next.KeyID, next.Version)
+	default:
+		return
+	}
+	rotationsTotal.WithLabelValues(string(trigger)).Inc()
+}
+
+// secretConflict marks the key Stalled: its Secret name is taken.
+func (r *ApiKeyReconciler) secretConflict(key *keygatev1.ApiKey, name string) error {
+	msg := fmt.Sprintf("Secret %q exists and is not owned by this ApiKey; choose another spec.secretName or delete that Secret.", name)
+	for _, t := range []string{keygatev1.ConditionReady, keygatev1.ConditionStalled} {
+		status := metav1.ConditionFalse
+		if t == keygatev1.ConditionStalled {
+			status = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: t, Status: status,
+			Reason: keygatev1.ReasonSecretConflict, Message: msg, ObservedGeneration: key.Generation})
+	}
+	return reconcile.TerminalError(fmt.Errorf("secret %q: %w", name, errSecretConflict))
+}
+
+// checkReady decides the Ready condition from the policy and the key's siblings.
+func (r *ApiKeyReconciler) checkReady(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error) {
+	now := r.Clock.Now()
+	policy := &keygatev1.TokenPolicy{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.Spec.PolicyRef.Name}, policy); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("read TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
+		}
+		policy = nil
+	}
+	siblings := []keygatev1.ApiKey{*key}
+	if policy != nil && !key.Spec.Disabled {
+		list := &keygatev1.ApiKeyList{}
+		if err := r.List(ctx, list, client.InNamespace(key.Namespace), client.MatchingFields{indexPolicyRef: key.Spec.PolicyRef.Name}); err != nil {
+			return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
+		}
+		if len(list.Items) > maxApiKeys(policy) { // only then can siblings matter
+			siblings = list.Items
+			found := false
+			for i := range siblings {
+				if siblings[i].Name == key.Name {
+					siblings[i] = *key
+					found = true
+				}
+			}
+			if !found {
+				siblings = append(siblings, *key)
+			}
+		}
+	}
+	v := admit(siblings, policy, now)[key.Name]
+	status := metav1.ConditionFalse
+	if v.Ready {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: status,
+		Reason: v.Reason, Message: v.Message, ObservedGeneration: key.Generation})
+	key.Status.ExpiresAt = key.Spec.ExpiresAt
+	if key.Spec.ExpiresAt != nil && v.Ready {
+		return ctrl.Result{RequeueAfter: requeueAt(now, key.Spec.ExpiresAt.Time)}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// recordReadyTransition emits an Event when the Ready reason changes.
+func (r *ApiKeyReconciler) recordReadyTransition(before, after *keygatev1.ApiKey) {
+	old := meta.FindStatusCondition(before.Status.Conditions, keygatev1.ConditionReady)
+	cur := meta.FindStatusCondition(after.Status.Conditions, keygatev1.ConditionReady)
+	if cur == nil || (old != nil && old.Reason == cur.Reason && old.Status == cur.Status) {
+		return
+	}
+	typ := corev1.EventTypeWarning
+	if cur.Status == metav1.ConditionTrue {
+		typ = corev1.EventTypeNormal
+	}
+	r.Recorder.Eventf(after, nil, typ, cur.Reason, "Reconcile", "%s", cur.Message)
+}

@@ -1,0 +1,174 @@
+package controllers
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// The small pure functions in this file decide what the ApiKey and
+// TokenPolicy reconcilers do; both call them so they always agree.
+
+// defaultGracePeriod is how long a previous secret keeps working by default.
+const defaultGracePeriod = 24 * time.Hour
+
+// rotationTrigger says why the credentials Secret must be (re)written.
+type rotationTrigger string
+
+const (
+	triggerNone      rotationTrigger = ""
+	triggerInitial   rotationTrigger = "initial"
+	triggerReplaced  rotationTrigger = "replaced"
+	triggerManual    rotationTrigger = "manual"
+	triggerScheduled rotationTrigger = "scheduled"
+)
+
+// decideRotation chooses what to do with a key's credentials. cur is nil when
+// the credentials Secret does not exist.
+func decideRotation(key *keygatev1.ApiKey, cur *credentials, now time.Time) rotationTrigger {
+	switch {
+	case cur == nil && key.Status.SecretVersion == 0 && key.Status.KeyID == "":
+		return triggerInitial
+	case cur == nil || !cur.Intact:
+		return triggerReplaced
+	case rotateRequested(key, cur):
+		return triggerManual
+	}
+	if due, ok := scheduledRotation(key, cur); ok && !now.Before(due) {
+		return triggerScheduled
+	}
+	return triggerNone
+}
+
+// rotateRequested is true when the keygate.dev/rotate annotation holds a
+// value not acted on yet.
+func rotateRequested(key *keygatev1.ApiKey, cur *credentials) bool {
+	req := key.Annotations[keygatev1.AnnotationRotate]
+	return req != "" && req != handledRotateRequest(key, cur)
+}
+
+// handledRotateRequest is the last rotate annotation value acted on: the
+// credentials Secret's record first (written together with the secret, so it
+// survives a lost status patch), else the status.
+func handledRotateRequest(key *keygatev1.ApiKey, cur *credentials) string {
+	if cur != nil && cur.RotateHandled != "" {
+		return cur.RotateHandled
+	}
+	return key.Status.LastRotateRequest
+}
+
+// scheduledRotation is when spec.rotation.interval next rotates the secret.
+func scheduledRotation(key *keygatev1.ApiKey, cur *credentials) (time.Time, bool) {
+	r := key.Spec.Rotation
+	if r == nil || r.Interval == nil || r.Interval.Duration <= 0 {
+		return time.Time{}, false
+	}
+	return cur.RotatedAt.Add(r.Interval.Duration), true
+}
+
+// gracePeriod is how long the previous secret works after a rotation.
+func gracePeriod(key *keygatev1.ApiKey) time.Duration {
+	if r := key.Spec.Rotation; r != nil && r.GracePeriod != nil {
+		return max(r.GracePeriod.Duration, 0)
+	}
+	return defaultGracePeriod
+}
+
+// livePrevious is the previous secret if its grace period still runs at now.
+func livePrevious(cur *credentials, now time.Time) *previousSecret {
+	if cur == nil || cur.Previous == nil || !now.Before(cur.Previous.ExpiresAt) {
+		return nil
+	}
+	return cur.Previous
+}
+
+// earliest returns the soonest of the times after now, and whether there is one.
+func earliest(now time.Time, times ...time.Time) (time.Time, bool) {
+	var best time.Time
+	for _, t := range times {
+		if t.IsZero() || !t.After(now) {
+			continue
+		}
+		if best.IsZero() || t.Before(best) {
+			best = t
+		}
+	}
+	return best, !best.IsZero()
+}
+
+// requeueAt turns the soonest future time into a RequeueAfter duration (0: none).
+func requeueAt(now time.Time, times ...time.Time) time.Duration {
+	t, ok := earliest(now, times...)
+	if !ok {
+		return 0
+	}
+	return t.Sub(now)
+}
+
+// verdict is whether a key is accepted by its policy, and if not why.
+type verdict struct {
+	Ready   bool
+	Reason  string
+	Message string
+}
+
+// admit decides for every ApiKey of one policy whether it is accepted. policy
+// is nil when the TokenPolicy does not exist. Keys being deleted are ignored.
+// Disabled and expired keys take no place; of the others the oldest by
+// creation time (ties broken by name) are accepted up to maxApiKeys, and the
+// newest beyond it are refused, so the outcome is the same on every pass.
+func admit(keys []keygatev1.ApiKey, policy *keygatev1.TokenPolicy, now time.Time) map[string]verdict {
+	out := make(map[string]verdict, len(keys))
+	eligible := make([]*keygatev1.ApiKey, 0, len(keys))
+	for i := range keys {
+		k := &keys[i]
+		switch {
+		case !k.DeletionTimestamp.IsZero():
+			continue
+		case k.Spec.Disabled:
+			out[k.Name] = verdict{Reason: keygatev1.ReasonDisabled, Message: "The key is disabled (spec.disabled is true)."}
+		case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
+			out[k.Name] = verdict{Reason: keygatev1.ReasonExpired,
+				Message: fmt.Sprintf("The key expired at %s (spec.expiresAt).", k.Spec.ExpiresAt.UTC().Format(time.RFC3339))}
+		case policy == nil:
+			out[k.Name] = verdict{Reason: keygatev1.ReasonPolicyNotFound,
+				Message: fmt.Sprintf("TokenPolicy %q does not exist in namespace %q.", k.Spec.PolicyRef.Name, k.Namespace)}
+		default:
+			eligible = append(eligible, k)
+		}
+	}
+	if policy == nil {
+		return out
+	}
+	sort.Slice(eligible, func(i, j int) bool {
+		a, b := eligible[i], eligible[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Name < b.Name
+	})
+	limit := maxApiKeys(policy)
+	for i, k := range eligible {
+		if i < limit {
+			out[k.Name] = verdict{Ready: true, Reason: keygatev1.ReasonReady,
+				Message: fmt.Sprintf("The key is accepted by TokenPolicy %q.", policy.Name)}
+			continue
+		}
+		out[k.Name] = verdict{Reason: keygatev1.ReasonLimitExceeded,
+			Message: fmt.Sprintf("TokenPolicy %q accepts at most %d ApiKeys (spec.maxApiKeys) and %d older keys use them; delete or disable one, or raise the limit.",
+				policy.Name, limit, limit)}
+	}
+	return out
+}
+
+// defaultMaxApiKeys mirrors the CRD default of spec.maxApiKeys.
+const defaultMaxApiKeys = 40
+
+func maxApiKeys(p *keygatev1.TokenPolicy) int {
+	if p.Spec.MaxApiKeys <= 0 {
+		return defaultMaxApiKeys
+	}
+	return int(p.Spec.MaxApiKeys)
+}

@@ -1,0 +1,197 @@
+// Package controllers holds keygate's reconcilers: ApiKey (credentials
+// Secrets, rotation, readiness) and TokenPolicy (signing keys, revocations,
+// bundle Secret).
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// indexPolicyRef indexes ApiKeys by spec.policyRef.name.
+const indexPolicyRef = "spec.policyRef.name"
+
+// Options configure the reconcilers.
+type Options struct {
+	// Clock is the time source; the real clock when nil. Tests inject a fake one.
+	Clock clock.PassiveClock
+	// ApiKeyConcurrency and TokenPolicyConcurrency are the parallel
+	// reconciles of each controller (defaults 4 and 2).
+	ApiKeyConcurrency      int
+	TokenPolicyConcurrency int
+}
+
+// SetupWithManager registers the field index and both reconcilers with mgr.
+func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) error {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.ApiKeyConcurrency <= 0 {
+		opts.ApiKeyConcurrency = 4
+	}
+	if opts.TokenPolicyConcurrency <= 0 {
+		opts.TokenPolicyConcurrency = 2
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &keygatev1.ApiKey{}, indexPolicyRef, func(o client.Object) []string {
+		return []string{o.(*keygatev1.ApiKey).Spec.PolicyRef.Name}
+	}); err != nil {
+		return fmt.Errorf("index ApiKeys by policy: %w", err)
+	}
+	ak := &ApiKeyReconciler{Client: mgr.GetClient(), Clock: opts.Clock, Recorder: mgr.GetEventRecorder("keygate-apikey")}
+	if err := ak.setup(mgr, opts.ApiKeyConcurrency); err != nil {
+		return err
+	}
+	tp := &TokenPolicyReconciler{Client: mgr.GetClient(), Clock: opts.Clock, Recorder: mgr.GetEventRecorder("keygate-tokenpolicy")}
+	return tp.setup(mgr, opts.TokenPolicyConcurrency)
+}
+
+// specOrMetadataChanged lets through changes other than status-only ones.
+var specOrMetadataChanged = predicate.Or(predicate.GenerationChangedPredicate{},
+	predicate.AnnotationChangedPredicate{}, predicate.LabelChangedPredicate{})
+
+func (r *ApiKeyReconciler) setup(mgr manager.Manager, concurrency int) error {
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named("apikey").
+		For(&keygatev1.ApiKey{}, builder.WithPredicates(specOrMetadataChanged)).
+		Owns(&corev1.Secret{}).
+		Watches(&keygatev1.TokenPolicy{}, handler.EnqueueRequestsFromMapFunc(r.keysOfPolicy),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&keygatev1.ApiKey{}, siblingHandler{r}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
+		Complete(r)
+	if err != nil {
+		return fmt.Errorf("set up ApiKey controller: %w", err)
+	}
+	return nil
+}
+
+// keysOfPolicy maps a TokenPolicy to its ApiKeys (it appeared, went, or its limit changed).
+func (r *ApiKeyReconciler) keysOfPolicy(ctx context.Context, o client.Object) []reconcile.Request {
+	return r.requestsForPolicy(ctx, o.GetNamespace(), o.GetName())
+}
+
+func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, policy string) []reconcile.Request {
+	list := &keygatev1.ApiKeyList{}
+	if err := r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexPolicyRef: policy}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Failed to list ApiKeys of TokenPolicy", "tokenPolicy", policy)
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for _, k := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
+	}
+	return out
+}
+
+// siblingHandler re-queues the other ApiKeys of a policy when a key's
+// admission may have moved the limit line: a key appeared, went, was
+// disabled or enabled, expired, or changed policy. It only fans out when the
+// policy has more keys than its maxApiKeys, the only case where siblings matter.
+type siblingHandler struct{ r *ApiKeyReconciler }
+
+type apiKeyQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+
+func (h siblingHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
+	h.fanOut(ctx, e.Object, q)
+}
+
+func (h siblingHandler) Delete(ctx context.Context, e event.TypedDeleteEvent[client.Object], q apiKeyQueue) {
+	h.fanOut(ctx, e.Object, q)
+}
+
+func (h siblingHandler) Update(ctx context.Context, e event.TypedUpdateEvent[client.Object], q apiKeyQueue) {
+	o, n := e.ObjectOld.(*keygatev1.ApiKey), e.ObjectNew.(*keygatev1.ApiKey)
+	if o.Spec.Disabled == n.Spec.Disabled && o.Spec.PolicyRef == n.Spec.PolicyRef &&
+		o.Spec.ExpiresAt.Equal(n.Spec.ExpiresAt) && readyReason(o) == readyReason(n) &&
+		o.DeletionTimestamp.IsZero() == n.DeletionTimestamp.IsZero() {
+		return
+	}
+	h.fanOut(ctx, o, q)
+	if o.Spec.PolicyRef != n.Spec.PolicyRef {
+		h.fanOut(ctx, n, q)
+	}
+}
+
+func (h siblingHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {}
+
+func (h siblingHandler) fanOut(ctx context.Context, o client.Object, q apiKeyQueue) {
+	key := o.(*keygatev1.ApiKey)
+	policy := &keygatev1.TokenPolicy{}
+	if err := h.r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.Spec.PolicyRef.Name}, policy); err != nil {
+		return // no policy: every key is PolicyNotFound whatever its siblings do
+	}
+	reqs := h.r.requestsForPolicy(ctx, key.Namespace, policy.Name)
+	if len(reqs)+1 <= maxApiKeys(policy) {
+		return
+	}
+	for _, req := range reqs {
+		if req.Name != key.Name {
+			q.Add(req)
+		}
+	}
+}
+
+func readyReason(k *keygatev1.ApiKey) string {
+	if c := meta.FindStatusCondition(k.Status.Conditions, keygatev1.ConditionReady); c != nil {
+		return c.Reason
+	}
+	return ""
+}
+
+func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) error {
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named("tokenpolicy").
+		For(&keygatev1.TokenPolicy{}, builder.WithPredicates(specOrMetadataChanged)).
+		Owns(&corev1.Secret{}).
+		Owns(&corev1.ConfigMap{}).
+		Watches(&keygatev1.ApiKey{}, policyOf(func(o client.Object) (string, bool) {
+			return o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, true
+		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Secret{}, policyOf(func(o client.Object) (string, bool) {
+			if o.GetLabels()[keygatev1.LabelApiKey] == "" {
+				return "", false
+			}
+			p, ok := o.GetLabels()[keygatev1.LabelTokenPolicy]
+			return p, ok
+		})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
+		Complete(r)
+	if err != nil {
+		return fmt.Errorf("set up TokenPolicy controller: %w", err)
+	}
+	return nil
+}
+
+// policyOf maps an object to the TokenPolicy it belongs to; on an update both
+// the old and the new policy are queued, so a key moving between policies
+// leaves the old bundle too.
+func policyOf(name func(client.Object) (string, bool)) handler.EventHandler {
+	add := func(o client.Object, q apiKeyQueue) {
+		if n, ok := name(o); ok && n != "" {
+			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: n}})
+		}
+	}
+	return handler.Funcs{
+		CreateFunc:  func(_ context.Context, e event.CreateEvent, q apiKeyQueue) { add(e.Object, q) },
+		UpdateFunc:  func(_ context.Context, e event.UpdateEvent, q apiKeyQueue) { add(e.ObjectOld, q); add(e.ObjectNew, q) },
+		DeleteFunc:  func(_ context.Context, e event.DeleteEvent, q apiKeyQueue) { add(e.Object, q) },
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q apiKeyQueue) { add(e.Object, q) },
+	}
+}

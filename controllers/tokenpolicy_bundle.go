@@ -1,0 +1,122 @@
+package controllers
+
+import (
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+func durationOr(d *metav1.Duration, def time.Duration) time.Duration {
+	if d == nil || d.Duration <= 0 {
+		return def
+	}
+	return d.Duration
+}
+
+func orDefault[T any](v []T, def ...T) []T {
+	if len(v) == 0 {
+		return def
+	}
+	return v
+}
+
+func toStrings[T ~string](v []T) []string {
+	if v == nil {
+		return nil
+	}
+	out := make([]string, len(v))
+	for i, s := range v {
+		out[i] = string(s)
+	}
+	return out
+}
+
+// resolvePolicy is the TokenPolicy spec with defaults applied, as the bundle carries it.
+func resolvePolicy(p *keygatev1.TokenPolicy) bundle.Policy {
+	s := &p.Spec
+	basic := true
+	if s.Authentication.Basic != nil {
+		basic = *s.Authentication.Basic
+	}
+	out := bundle.Policy{
+		Namespace:             p.Namespace,
+		Name:                  p.Name,
+		Issuer:                s.Issuer,
+		Audience:              s.Audience,
+		TokenTTLSeconds:       int64(durationOr(s.TokenTTL, time.Hour) / time.Second),
+		ClientTokenTTLSeconds: int64(durationOr(s.ClientTokenTTL, 15*time.Minute) / time.Second),
+		Basic:                 basic,
+		BearerSchemes:         orDefault(s.Authentication.BearerSchemes, "Bearer"),
+		APIKeyHeader:          s.Authentication.APIKeyHeader,
+		Grants: orDefault(toStrings(s.Grants),
+			string(keygatev1.GrantAPIKey), string(keygatev1.GrantClientCredentials), string(keygatev1.GrantClientToken)),
+		TokenPaths:     orDefault(toStrings(s.TokenEndpoint.Paths), "/api/token", "/oauth/token", "/token"),
+		AllowedCIDRs:   toStrings(s.AllowedCIDRs),
+		TrustedProxies: toStrings(s.TrustedProxies),
+		PublicPaths:    orDefault(toStrings(s.PublicPaths), "/healthz"),
+		DefaultAction:  string(s.DefaultAction),
+	}
+	if out.DefaultAction == "" {
+		out.DefaultAction = string(keygatev1.ActionDeny)
+	}
+	for _, r := range s.Rules {
+		out.Rules = append(out.Rules, bundle.Rule{Methods: r.Methods, Paths: toStrings(r.Paths), Permission: string(r.Permission)})
+	}
+	return out
+}
+
+// bundleKey is the bundle entry of one accepted ApiKey, from its credentials
+// Secret: the digest of the current secret and, during the grace period, of
+// the previous one. ok is false when the Secret is missing, not the key's own
+// or edited by hand (the ApiKey reconciler then writes a new one).
+func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, hashKey []byte, now time.Time) (k bundle.Key, ok bool) {
+	if secret == nil || !metav1.IsControlledBy(secret, key) {
+		return bundle.Key{}, false
+	}
+	c := readCredentials(secret)
+	if !c.Intact {
+		return bundle.Key{}, false
+	}
+	k = bundle.Key{
+		Name:         key.Name,
+		KeyID:        c.KeyID,
+		Secrets:      []bundle.SecretDigest{{Digest: bundle.Digest(hashKey, c.Secret), Version: c.Version}},
+		Permissions:  toStrings(key.Spec.Permissions),
+		AllowedCIDRs: toStrings(key.Spec.AllowedCIDRs),
+	}
+	if prev := livePrevious(&c, now); prev != nil {
+		exp := prev.ExpiresAt.UTC()
+		k.Secrets = append(k.Secrets, bundle.SecretDigest{Digest: prev.Digest, Version: prev.Version, ExpiresAt: &exp})
+	}
+	for _, cl := range key.Spec.Clients {
+		k.Clients = append(k.Clients, bundle.Client{Key: cl.Key, Permissions: toStrings(cl.Permissions)})
+	}
+	if key.Spec.ExpiresAt != nil {
+		exp := key.Spec.ExpiresAt.UTC()
+		k.ExpiresAt = &exp
+	}
+	return k, true
+}
+
+// wakeups are the future times at which a key's bundle entry changes.
+func keyWakeups(key *keygatev1.ApiKey, secret *corev1.Secret) []time.Time {
+	var times []time.Time
+	if key.Spec.ExpiresAt != nil {
+		times = append(times, key.Spec.ExpiresAt.Time)
+	}
+	if secret != nil {
+		if c := readCredentials(secret); c.Previous != nil {
+			times = append(times, c.Previous.ExpiresAt)
+		}
+	}
+	return times
+}
+
+func sortKeys(keys []bundle.Key) {
+	sort.Slice(keys, func(i, j int) bool { return keys[i].KeyID < keys[j].KeyID })
+}

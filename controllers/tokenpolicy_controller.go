@@ -1,0 +1,289 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// TokenPolicyReconciler keeps a TokenPolicy's signing keys, revocations
+// ConfigMap and bundle Secret current.
+type TokenPolicyReconciler struct {
+	client.Client
+	Clock    clock.PassiveClock
+	Recorder recorder.EventRecorder
+}
+
+// +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// policyPass carries what one reconciliation learns from phase to phase.
+type policyPass struct {
+	policy  *keygatev1.TokenPolicy
+	signing signingState
+	now     time.Time
+}
+
+// Reconcile runs the phases in order and writes the status once, at the end.
+func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
+	policy := &keygatev1.TokenPolicy{}
+	if err := r.Get(ctx, req.NamespacedName, policy); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !policy.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	before := policy.DeepCopy()
+	patch := client.MergeFrom(before)
+	defer func() {
+		if err != nil {
+			meta.SetStatusCondition(&policy.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady,
+				Status: metav1.ConditionFalse, Reason: keygatev1.ReasonReconcileFailed,
+				Message: "The bundle could not be updated; the operator retries.", ObservedGeneration: policy.Generation})
+		} else {
+			policy.Status.ObservedGeneration = policy.Generation
+		}
+		if equality.Semantic.DeepEqual(before.Status, policy.Status) {
+			return
+		}
+		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
+	}()
+	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second)}
+	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle)
+}
+
+// ownedObject stamps the labels and owner reference of a TokenPolicy's child.
+func (r *TokenPolicyReconciler) ownedObject(p *keygatev1.TokenPolicy, obj client.Object) error {
+	labels := obj.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[keygatev1.LabelManagedBy] = keygatev1.ManagedByValue
+	labels[keygatev1.LabelTokenPolicy] = p.Name
+	obj.SetLabels(labels)
+	return controllerutil.SetControllerReference(p, obj, r.Scheme())
+}
+
+// getOwned reads a child of the policy; found is false when it does not
+// exist. A same-named object owned by someone else is an error.
+func (r *TokenPolicyReconciler) getOwned(ctx context.Context, p *keygatev1.TokenPolicy, obj client.Object, name string) (found bool, err error) {
+	if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: name}, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("read %q: %w", name, err)
+	}
+	if !metav1.IsControlledBy(obj, p) {
+		return false, fmt.Errorf("%q exists and is not owned by TokenPolicy %q", name, p.Name)
+	}
+	return true, nil
+}
+
+// ensureSigning makes the hash key and the signing keys, rotating them on
+// schedule or when the algorithm changes.
+func (r *TokenPolicyReconciler) ensureSigning(ctx context.Context, pass *policyPass) (ctrl.Result, error) {
+	p := pass.policy
+	name := signingSecretName(p.Name)
+	secret := &corev1.Secret{}
+	found, err := r.getOwned(ctx, p, secret, name)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("signing Secret: %w", err)
+	}
+	var st signingState
+	if found {
+		if st, err = readSigning(secret); err != nil {
+			return ctrl.Result{}, fmt.Errorf("signing Secret %q: %w", name, err)
+		}
+	}
+	next, rotated, err := nextSigning(p, st, pass.now)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	desired := secret.DeepCopy()
+	if !found {
+		desired = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name}}
+	}
+	if err := writeSigning(desired, next); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.ownedObject(p, desired); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.writeChild(ctx, found, secret, desired); err != nil {
+		return ctrl.Result{}, fmt.Errorf("write signing Secret %q: %w", name, err)
+	}
+	if rotated && found {
+		rotationsTotal.WithLabelValues("signing").Inc()
+		r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, keygatev1.ReasonSigningRotated, "Rotate",
+			"Rotated the signing key to %s (%s); the previous key verifies tokens until it retires", next.Keys[0].KeyID, next.Keys[0].Algorithm)
+		ctrl.LoggerFrom(ctx).Info("Rotated TokenPolicy signing key", "kid", next.Keys[0].KeyID)
+	}
+	pass.signing = next
+	p.Status.SigningKeyID = next.Keys[0].KeyID
+	return ctrl.Result{RequeueAfter: requeueAt(pass.now, nextSigningEvent(p, next)...)}, nil
+}
+
+// writeChild creates desired, or patches it over existing when it changed.
+func (r *TokenPolicyReconciler) writeChild(ctx context.Context, found bool, existing, desired client.Object) error {
+	if !found {
+		return r.Create(ctx, desired, fieldOwner)
+	}
+	if equality.Semantic.DeepEqual(existing, desired) {
+		return nil
+	}
+	return r.Patch(ctx, desired, client.MergeFromWithOptions(existing, client.MergeFromWithOptimisticLock{}), fieldOwner)
+}
+
+// ensureRevocations creates the revocations ConfigMap and prunes the entries
+// of tokens that have expired; it wakes up at the next expiry.
+func (r *TokenPolicyReconciler) ensureRevocations(ctx context.Context, pass *policyPass) (ctrl.Result, error) {
+	p := pass.policy
+	name := bundle.RevocationsConfigMapName(p.Name)
+	cm := &corev1.ConfigMap{}
+	found, err := r.getOwned(ctx, p, cm, name)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("revocations ConfigMap: %w", err)
+	}
+	desired := cm.DeepCopy()
+	if !found {
+		desired = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name}}
+	}
+	if err := r.ownedObject(p, desired); err != nil {
+		return ctrl.Result{}, err
+	}
+	kept, next := pruneRevocations(desired.Data, pass.now)
+	pruned := len(desired.Data) - len(kept)
+	desired.Data = kept
+	if found && pruned > 0 {
+		// A merge patch that only removes keys: entries the sidecars add meanwhile survive.
+		patch := client.MergeFrom(cm)
+		if err := r.Patch(ctx, desired, patch, fieldOwner); err != nil {
+			return ctrl.Result{}, fmt.Errorf("prune revocations ConfigMap %q: %w", name, err)
+		}
+		ctrl.LoggerFrom(ctx).V(1).Info("Pruned expired revocations", "configMap", name, "pruned", pruned)
+	} else if err := r.writeChild(ctx, found, cm, desired); err != nil {
+		return ctrl.Result{}, fmt.Errorf("write revocations ConfigMap %q: %w", name, err)
+	}
+	return ctrl.Result{RequeueAfter: requeueAt(pass.now, next)}, nil
+}
+
+// pruneRevocations drops entries whose token expired at or before now and
+// returns the soonest expiry left. Unparseable expiries are kept (a sidecar
+// refusing a token for too long is safer than forgetting a revocation).
+func pruneRevocations(data map[string]string, now time.Time) (map[string]string, time.Time) {
+	kept := make(map[string]string, len(data))
+	var next time.Time
+	for jti, v := range data {
+		exp, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			kept[jti] = v
+			continue
+		}
+		if !now.Before(exp) {
+			continue
+		}
+		kept[jti] = v
+		if next.IsZero() || exp.Before(next) {
+			next = exp
+		}
+	}
+	if len(kept) == 0 && data == nil {
+		return nil, next
+	}
+	return kept, next
+}
+
+// ensureBundle writes the bundle Secret from the policy, its signing keys and
+// its accepted ApiKeys; an unchanged bundle is not written.
+func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPass) (ctrl.Result, error) {
+	p := pass.policy
+	list := &keygatev1.ApiKeyList{}
+	if err := r.List(ctx, list, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
+	}
+	verdicts := admit(list.Items, p, pass.now)
+	b := &bundle.Bundle{
+		Version:     bundle.FormatVersion,
+		Policy:      resolvePolicy(p),
+		HashKey:     pass.signing.HashKey,
+		SigningKeys: pass.signing.Keys,
+		Keys:        make([]bundle.Key, 0, len(list.Items)),
+	}
+	var wakeups []time.Time
+	for i := range list.Items {
+		key := &list.Items[i]
+		if !verdicts[key.Name].Ready {
+			continue
+		}
+		secret := &corev1.Secret{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: credentialsSecretName(key)}, secret); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("read credentials Secret of ApiKey %q: %w", key.Name, err)
+			}
+			secret = nil
+		}
+		if k, ok := bundleKey(key, secret, b.HashKey, pass.now); ok {
+			b.Keys = append(b.Keys, k)
+			wakeups = append(wakeups, keyWakeups(key, secret)...)
+		}
+	}
+	sortKeys(b.Keys)
+	if err := b.Validate(); err != nil {
+		return ctrl.Result{}, fmt.Errorf("build bundle: %w", err)
+	}
+	data, err := bundle.Marshal(b)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("encode bundle: %w", err)
+	}
+
+	name := bundle.SecretName(p.Name)
+	secret := &corev1.Secret{}
+	found, err := r.getOwned(ctx, p, secret, name)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("bundle Secret: %w", err)
+	}
+	desired := secret.DeepCopy()
+	if !found {
+		desired = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name}}
+	}
+	changed := !found || !bytes.Equal(secret.Data[bundle.SecretDataKey], data)
+	desired.Type = corev1.SecretTypeOpaque
+	desired.Data = map[string][]byte{bundle.SecretDataKey: data}
+	if err := r.ownedObject(p, desired); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.writeChild(ctx, found, secret, desired); err != nil {
+		return ctrl.Result{}, fmt.Errorf("write bundle Secret %q: %w", name, err)
+	}
+	if changed {
+		ctrl.LoggerFrom(ctx).V(1).Info("Wrote bundle Secret", "secret", name, "apiKeys", len(b.Keys), "bytes", len(data))
+	}
+
+	p.Status.ApiKeys = int32(len(b.Keys)) //nolint:gosec // at most maxApiKeys (≤ 10000)
+	p.Status.BundleSecretName = name
+	meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
+		Message: fmt.Sprintf("Bundle Secret %s holds %d ApiKeys and %d signing keys.", name, len(b.Keys), len(b.SigningKeys))})
+	return ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}, nil
+}
