@@ -1,0 +1,188 @@
+// Command sidecar is keygate's validating reverse proxy and token endpoint.
+// It runs beside a workload (injected by the keygate webhook) and enforces one
+// TokenPolicy, read from the policy's bundle Secret or from a file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/revocation"
+	"github.com/keygate-dev/keygate/sidecar/server"
+)
+
+const usage = `keygate sidecar: authenticates and authorises every request to the workload
+beside it (HTTP Basic, bearer JWTs, API-key header; CIDRs; per-route
+permissions), serves the token endpoint, and proxies allowed requests to
+127.0.0.1:<upstream-port>.
+
+Kubernetes mode (default): watches the Secret keygate-<policy> and the
+ConfigMap keygate-<policy>-revocations in --namespace.
+File mode: --bundle-file (and --revocations-file), reloaded on change.
+
+Admin port: /healthz, /readyz, /metrics.
+
+Flags:
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	policy := fs.String("policy", "", "name of the TokenPolicy to enforce (Kubernetes mode)")
+	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the policy (default $POD_NAMESPACE)")
+	upstreamPort := fs.Int("upstream-port", 0, "port of the workload on 127.0.0.1 (required)")
+	port := fs.Int("port", 8443, "port of the main listener")
+	adminPort := fs.Int("admin-port", 9901, "port of /healthz, /readyz and /metrics")
+	bind := fs.String("bind-address", "0.0.0.0", "address the listeners bind to")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+	bundleFile := fs.String("bundle-file", "", "read the bundle from this file instead of Kubernetes")
+	revFile := fs.String("revocations-file", "", "revocations JSON file (file mode)")
+	drain := fs.Duration("drain-timeout", 20*time.Second, "how long in-flight requests may finish after SIGTERM")
+	readTimeout := fs.Duration("read-timeout", server.DefaultTimeouts.Read, "main listener read timeout")
+	writeTimeout := fs.Duration("write-timeout", server.DefaultTimeouts.Write, "main listener write timeout")
+	failureLimit := fs.Int("failure-limit", 20, "failed authentications per minute per key ID and per address before 429")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	var problems []error
+	if *upstreamPort <= 0 || *upstreamPort > 65535 {
+		problems = append(problems, errors.New("--upstream-port is required (1-65535)"))
+	}
+	if *bundleFile == "" && (*policy == "" || *namespace == "") {
+		problems = append(problems, errors.New("--policy and --namespace (or $POD_NAMESPACE) are required without --bundle-file"))
+	}
+	if *revFile != "" && *bundleFile == "" {
+		problems = append(problems, errors.New("--revocations-file needs --bundle-file"))
+	}
+	if err := errors.Join(problems...); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srcCtx, stopSources := context.WithCancel(context.Background())
+	defer stopSources()
+
+	store := &config.Store{}
+	revoked := revocation.NewSet()
+	var revStore revocation.Store
+	if *bundleFile != "" {
+		go config.WatchBundleFile(srcCtx, *bundleFile, store, log)
+		if *revFile != "" {
+			go revocation.WatchFile(srcCtx, *revFile, revoked, config.PollInterval, func(err error) {
+				if err != nil {
+					log.Error("Failed to read the revocations file", "file", *revFile, "error", err)
+				}
+			})
+			revStore = &revocation.File{Path: *revFile, Set: revoked}
+		} else {
+			log.Warn("No --revocations-file: revocations are kept in memory only")
+			revStore = revocation.Memory{Set: revoked}
+		}
+	} else {
+		cfg, err := restConfig(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		cfg.UserAgent = "keygate-sidecar"
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		kube := &config.Kubernetes{Client: client, Namespace: *namespace, Policy: *policy, Store: store, Revoked: revoked, Log: log}
+		go func() {
+			if err := kube.Run(srcCtx); err != nil && srcCtx.Err() == nil {
+				log.Error("Kubernetes source stopped", "error", err)
+			}
+		}()
+		revStore = &revocation.ConfigMap{Client: client, Namespace: *namespace, Name: bundle.RevocationsConfigMapName(*policy), Set: revoked}
+	}
+
+	metrics := server.NewMetrics(store)
+	upstream := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(*upstreamPort))}
+	srv := server.New(server.Options{Store: store, Revoked: revoked, Revocations: revStore, Upstream: upstream,
+		Log: log, Metrics: metrics, FailureLimit: *failureLimit})
+	t := server.DefaultTimeouts
+	t.Read, t.Write = *readTimeout, *writeTimeout
+	main := server.NewHTTPServer(srv.Handler(), t)
+	admin := server.NewHTTPServer(server.AdminHandler(srv, store, metrics), server.DefaultTimeouts)
+
+	mainLn, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
+	if err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*adminPort)))
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- main.Serve(mainLn) }()
+	go func() { errc <- admin.Serve(adminLn) }()
+	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("Draining", "timeout", *drain)
+	srv.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	err = main.Shutdown(sctx)
+	_ = admin.Close()
+	stopSources()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("drain: %w", err)
+	}
+	log.Info("Stopped sidecar")
+	return nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if cfg, err := rest.InClusterConfig(); err == nil {
+		return cfg, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no in-cluster config and no usable kubeconfig: %w", err)
+	}
+	return cfg, nil
+}

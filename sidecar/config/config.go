@@ -1,0 +1,274 @@
+// Package config loads the policy bundle and compiles it into the immutable
+// runtime form the request path reads (maps, parsed prefixes, compiled rules,
+// signing keys), and keeps the last good one in force. Sources: a file
+// (--bundle-file) or the bundle Secret in Kubernetes.
+package config
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/authz"
+	"github.com/keygate-dev/keygate/sidecar/clientaddr"
+	"github.com/keygate-dev/keygate/sidecar/token"
+)
+
+// Grants a policy may enable.
+const (
+	GrantAPIKey            = "api_key"
+	GrantClientCredentials = "client_credentials"
+	GrantClientToken       = "client_token"
+	GrantPassword          = "password"
+)
+
+// Runtime is a compiled bundle. It is immutable once built.
+type Runtime struct {
+	Policy         bundle.Policy
+	HashKey        []byte
+	Keys           map[string]*Key
+	PolicyCIDRs    []netip.Prefix
+	Resolver       clientaddr.Resolver
+	PublicPaths    map[string]bool
+	TokenPaths     map[string]bool
+	Grants         map[string]bool
+	Rules          *authz.Rules
+	Keyset         *token.Keyset
+	TokenTTL       time.Duration
+	ClientTokenTTL time.Duration
+	// Challenge is the WWW-Authenticate value of every 401.
+	Challenge string
+	// Scheme is the first bearer scheme word (for auth_header).
+	Scheme string
+	// DummyDigest is compared against when a key ID is unknown, so unknown
+	// key and wrong secret take the same time.
+	DummyDigest []byte
+	// Fingerprint is a SHA-256 prefix of the bundle document.
+	Fingerprint string
+	LoadedAt    time.Time
+
+	schemes []string // lower-case bearer scheme words
+	hmacs   sync.Pool
+}
+
+// Key is a compiled ApiKey.
+type Key struct {
+	KeyID    string
+	Name     string
+	Secrets  []bundle.SecretDigest
+	Perms    authz.Permissions
+	PermList []string
+	// PermHeader is PermList joined with commas (X-Keygate-Permissions).
+	PermHeader string
+	CIDRs      []netip.Prefix
+	Clients    map[string]*Client
+	ExpiresAt  *time.Time
+}
+
+// Client is a compiled sub-client; its permissions are already narrowed to
+// what its key holds.
+type Client struct {
+	Key        string
+	Perms      authz.Permissions
+	PermList   []string
+	PermHeader string
+}
+
+// Usable reports whether the key works at now.
+func (k *Key) Usable(now time.Time) bool {
+	return k.ExpiresAt == nil || now.Before(*k.ExpiresAt)
+}
+
+// BearerScheme reports whether word (case-insensitive) is a bearer scheme.
+func (rt *Runtime) BearerScheme(word string) bool {
+	for _, s := range rt.schemes {
+		if len(s) == len(word) && strings.EqualFold(s, word) {
+			return true
+		}
+	}
+	return false
+}
+
+// Compile parses and compiles a bundle document.
+func Compile(data []byte) (*Runtime, error) {
+	b, err := bundle.Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := CompileBundle(b)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	rt.Fingerprint = fmt.Sprintf("%x", sum[:6])
+	return rt, nil
+}
+
+// CompileBundle compiles a validated bundle, reporting every problem.
+func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
+	var errs []error
+	p := b.Policy
+	rt := &Runtime{
+		Policy:         p,
+		HashKey:        append([]byte(nil), b.HashKey...),
+		Keys:           make(map[string]*Key, len(b.Keys)),
+		PublicPaths:    set(p.PublicPaths),
+		TokenPaths:     set(p.TokenPaths),
+		Grants:         set(p.Grants),
+		Rules:          authz.CompileRules(p.Rules, p.DefaultAction),
+		TokenTTL:       time.Duration(p.TokenTTLSeconds) * time.Second,
+		ClientTokenTTL: time.Duration(p.ClientTokenTTLSeconds) * time.Second,
+		LoadedAt:       time.Now(),
+	}
+	var err error
+	if rt.PolicyCIDRs, err = clientaddr.ParsePrefixes(p.AllowedCIDRs); err != nil {
+		errs = append(errs, fmt.Errorf("policy.allowedCIDRs: %w", err))
+	}
+	if rt.Resolver.Trusted, err = clientaddr.ParsePrefixes(p.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("policy.trustedProxies: %w", err))
+	}
+	for _, s := range p.BearerSchemes {
+		if s == "" || strings.ContainsAny(s, " \t") || strings.EqualFold(s, "Basic") {
+			errs = append(errs, fmt.Errorf("policy.bearerSchemes: %q is not a usable scheme word", s))
+			continue
+		}
+		rt.schemes = append(rt.schemes, strings.ToLower(s))
+	}
+	if len(p.BearerSchemes) > 0 {
+		rt.Scheme = p.BearerSchemes[0]
+	}
+	var ch []string
+	if p.Basic {
+		ch = append(ch, `Basic realm="keygate"`)
+	}
+	for _, s := range p.BearerSchemes {
+		ch = append(ch, s+` realm="keygate"`)
+	}
+	rt.Challenge = strings.Join(ch, ", ")
+	for _, tp := range p.TokenPaths {
+		if !strings.HasPrefix(tp, "/") {
+			errs = append(errs, fmt.Errorf("policy.tokenPaths: %q does not start with /", tp))
+		}
+	}
+	if rt.Keyset, err = token.NewKeyset(b.SigningKeys, p.Issuer, p.Audience); err != nil {
+		errs = append(errs, fmt.Errorf("signingKeys: %w", err))
+	}
+	for _, k := range b.Keys {
+		ck := &Key{KeyID: k.KeyID, Name: k.Name, Secrets: k.Secrets, Perms: authz.NewPermissions(k.Permissions), ExpiresAt: k.ExpiresAt}
+		ck.PermList = ck.Perms.List()
+		ck.PermHeader = strings.Join(ck.PermList, ",")
+		if ck.CIDRs, err = clientaddr.ParsePrefixes(k.AllowedCIDRs); err != nil {
+			errs = append(errs, fmt.Errorf("keys %s allowedCIDRs: %w", k.KeyID, err))
+		}
+		ck.Clients = make(map[string]*Client, len(k.Clients))
+		for _, c := range k.Clients {
+			if c.Key == "" {
+				errs = append(errs, fmt.Errorf("keys %s: a client has no key", k.KeyID))
+				continue
+			}
+			list := ck.Perms.Restrict(c.Permissions)
+			ck.Clients[c.Key] = &Client{Key: c.Key, Perms: authz.NewPermissions(list), PermList: list, PermHeader: strings.Join(list, ",")}
+		}
+		rt.Keys[k.KeyID] = ck
+	}
+	rt.DummyDigest = make([]byte, sha256.Size)
+	_, _ = rand.Read(rt.DummyDigest)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+func set(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, s := range list {
+		m[s] = true
+	}
+	return m
+}
+
+// Store holds the runtime in force. Reads are lock-free.
+type Store struct {
+	cur       atomic.Pointer[Runtime]
+	mu        sync.Mutex
+	lastErr   error
+	staleErr  error
+	staleFrom time.Time
+	onChange  []func(*Runtime)
+}
+
+// Load returns the runtime in force, or nil before the first bundle.
+func (s *Store) Load() *Runtime { return s.cur.Load() }
+
+// OnChange registers fn to run after each new runtime is installed.
+func (s *Store) OnChange(fn func(*Runtime)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onChange = append(s.onChange, fn)
+}
+
+// Update compiles data and installs it; on error the last good runtime stays.
+func (s *Store) Update(data []byte) (*Runtime, error) {
+	rt, err := Compile(data)
+	s.mu.Lock()
+	if err != nil {
+		s.lastErr = err
+		s.mu.Unlock()
+		return nil, err
+	}
+	if cur := s.cur.Load(); cur != nil && cur.Fingerprint == rt.Fingerprint {
+		s.lastErr = nil
+		s.mu.Unlock()
+		return cur, nil
+	}
+	s.lastErr = nil
+	s.cur.Store(rt)
+	fns := append([]func(*Runtime){}, s.onChange...)
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(rt)
+	}
+	return rt, nil
+}
+
+// SetSourceHealth records whether the source (API server, file) is reachable.
+func (s *Store) SetSourceHealth(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.staleErr = nil
+		return
+	}
+	if s.staleErr == nil {
+		s.staleFrom = time.Now()
+	}
+	s.staleErr = err
+}
+
+// Status describes the store for /readyz.
+type Status struct {
+	Loaded      bool
+	Fingerprint string
+	Age         time.Duration
+	LastError   error
+	Stale       error
+	StaleSince  time.Time
+}
+
+// Status returns the current status.
+func (s *Store) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{LastError: s.lastErr, Stale: s.staleErr, StaleSince: s.staleFrom}
+	if rt := s.cur.Load(); rt != nil {
+		st.Loaded, st.Fingerprint, st.Age = true, rt.Fingerprint, time.Since(rt.LoadedAt)
+	}
+	return st
+}

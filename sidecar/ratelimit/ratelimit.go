@@ -1,0 +1,95 @@
+// Package ratelimit counts authentication failures per key ID and per client
+// address and refuses further attempts once a limit trips, in bounded memory.
+package ratelimit
+
+import (
+	"sync"
+	"time"
+)
+
+// Limiter counts failures in fixed windows. Safe for concurrent use.
+type Limiter struct {
+	max     int
+	window  time.Duration
+	maxKeys int
+
+	mu      sync.Mutex
+	entries map[string]*entry
+}
+
+type entry struct {
+	start time.Time
+	count int
+}
+
+// New returns a limiter allowing max failures per window for each subject,
+// tracking at most maxKeys subjects.
+func New(max int, window time.Duration, maxKeys int) *Limiter {
+	return &Limiter{max: max, window: window, maxKeys: maxKeys, entries: make(map[string]*entry)}
+}
+
+// Blocked reports whether subject is over its limit and for how long.
+func (l *Limiter) Blocked(subject string, now time.Time) (bool, time.Duration) {
+	if l == nil || subject == "" {
+		return false, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entries[subject]
+	if e == nil {
+		return false, 0
+	}
+	end := e.start.Add(l.window)
+	if !now.Before(end) {
+		delete(l.entries, subject)
+		return false, 0
+	}
+	if e.count >= l.max {
+		return true, end.Sub(now)
+	}
+	return false, 0
+}
+
+// Fail records one failure of subject.
+func (l *Limiter) Fail(subject string, now time.Time) {
+	if l == nil || subject == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entries[subject]
+	if e != nil && !now.Before(e.start.Add(l.window)) {
+		e.start, e.count = now, 0
+	}
+	if e == nil {
+		if len(l.entries) >= l.maxKeys {
+			l.evict(now)
+		}
+		e = &entry{start: now}
+		l.entries[subject] = e
+	}
+	e.count++
+}
+
+// evict drops expired entries, then, if still full, arbitrary ones down to
+// three quarters of the capacity. Called with mu held.
+func (l *Limiter) evict(now time.Time) {
+	for k, e := range l.entries {
+		if !now.Before(e.start.Add(l.window)) {
+			delete(l.entries, k)
+		}
+	}
+	for k := range l.entries {
+		if len(l.entries) < l.maxKeys*3/4+1 {
+			break
+		}
+		delete(l.entries, k)
+	}
+}
+
+// Len is the number of tracked subjects.
+func (l *Limiter) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.entries)
+}

@@ -1,0 +1,78 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keygate-dev/keygate/sidecar/config"
+)
+
+// AdminHandler serves /healthz (liveness), /readyz (a bundle is loaded and
+// the server is not draining; the detail names a stale source) and /metrics.
+func AdminHandler(s *Server, store *config.Store, m *Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		st := store.Status()
+		code := http.StatusOK
+		var detail string
+		switch {
+		case s.Draining():
+			code, detail = http.StatusServiceUnavailable, "draining\n"
+		case !st.Loaded:
+			code, detail = http.StatusServiceUnavailable, "no bundle loaded\n"
+			if st.LastError != nil {
+				detail += "last bundle refused: " + st.LastError.Error() + "\n"
+			}
+			if st.Stale != nil {
+				detail += "source unreachable: " + st.Stale.Error() + "\n"
+			}
+		default:
+			detail = fmt.Sprintf("ok: bundle %s loaded %s ago\n", st.Fingerprint, st.Age.Round(time.Second))
+			if st.Stale != nil {
+				detail += fmt.Sprintf("source unreachable since %s (serving the last good bundle): %v\n", st.StaleSince.UTC().Format(time.RFC3339), st.Stale)
+			}
+			if st.LastError != nil {
+				detail += "last bundle refused (previous stays in force): " + st.LastError.Error() + "\n"
+			}
+		}
+		w.WriteHeader(code)
+		_, _ = w.Write([]byte(detail))
+	})
+	if m != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// Timeouts of the main listener.
+type Timeouts struct {
+	ReadHeader time.Duration
+	Read       time.Duration
+	Write      time.Duration
+	Idle       time.Duration
+}
+
+// DefaultTimeouts protect against slow clients without cutting long uploads
+// or downloads short; WebSockets clear their deadlines.
+var DefaultTimeouts = Timeouts{ReadHeader: 10 * time.Second, Read: 5 * time.Minute, Write: 5 * time.Minute, Idle: 2 * time.Minute}
+
+// NewHTTPServer wraps h with the listener limits.
+func NewHTTPServer(h http.Handler, t Timeouts) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    32 << 10,
+	}
+}

@@ -1,0 +1,440 @@
+// Package server is the sidecar's HTTP surface: a fixed middleware chain
+// (request state and access log → bundle → client address → authentication →
+// CIDR → permissions → reverse proxy), the token endpoint mounted before the
+// authentication steps, and the admin listener.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate-dev/keygate/sidecar/authn"
+	"github.com/keygate-dev/keygate/sidecar/authz"
+	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/ratelimit"
+	"github.com/keygate-dev/keygate/sidecar/revocation"
+)
+
+// Identity headers added to forwarded requests (and removed when they come
+// from outside).
+const (
+	HeaderKeyID       = "X-Keygate-Key-Id"
+	HeaderClient      = "X-Keygate-Client"
+	HeaderPermissions = "X-Keygate-Permissions"
+	headerPrefix      = "X-Keygate-"
+)
+
+// Reserved paths served by the sidecar itself.
+const (
+	PathRevoke     = "/oauth/revoke"
+	PathIntrospect = "/oauth/introspect"
+	PathJWKS       = "/.well-known/jwks.json"
+	PathAuthTest   = "/api/auth/test"
+)
+
+// Options configure a Server.
+type Options struct {
+	Store   *config.Store
+	Revoked *revocation.Set
+	// Revocations persists revocations before they are acknowledged.
+	Revocations revocation.Store
+	// Upstream is the main container, e.g. http://127.0.0.1:8080.
+	Upstream *url.URL
+	Log      *slog.Logger
+	Metrics  *Metrics
+	// FailureLimit failed authentications per FailureWindow per key ID and
+	// per client address trip a 429 (defaults 20 per minute).
+	FailureLimit  int
+	FailureWindow time.Duration
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Server handles the sidecar's main listener.
+type Server struct {
+	opts     Options
+	auth     *authn.Authenticator
+	proxy    http.Handler
+	byKey    *ratelimit.Limiter
+	byAddr   *ratelimit.Limiter
+	now      func() time.Time
+	log      *slog.Logger
+	draining atomic.Bool
+	reqSeq   atomic.Uint64
+	reqPfx   string
+	handler  http.Handler
+}
+
+// New builds a Server.
+func New(o Options) *Server {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.FailureLimit == 0 {
+		o.FailureLimit = 20
+	}
+	if o.FailureWindow == 0 {
+		o.FailureWindow = time.Minute
+	}
+	if o.Revoked == nil {
+		o.Revoked = revocation.NewSet()
+	}
+	if o.Revocations == nil {
+		o.Revocations = revocation.Memory{Set: o.Revoked}
+	}
+	s := &Server{
+		opts:   o,
+		auth:   &authn.Authenticator{Revoked: o.Revoked},
+		byKey:  ratelimit.New(o.FailureLimit, o.FailureWindow, 10000),
+		byAddr: ratelimit.New(o.FailureLimit, o.FailureWindow, 10000),
+		now:    o.Now,
+		log:    o.Log,
+		reqPfx: strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
+	}
+	rp := newProxy(o.Upstream, s)
+	s.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			// A WebSocket outlives the listener's read/write timeouts.
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Time{})
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+		rp.ServeHTTP(w, r)
+	})
+	s.handler = s.withRequest(s.withBundle(s.withClientAddr(s.route(s.withAuthn(s.withAuthz(s.proxy))))))
+	return s
+}
+
+// Handler is the main listener's handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Drain marks the server as draining: /readyz fails from now on.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// request is the request-scoped state, kept in the context.
+type request struct {
+	id       string
+	start    time.Time
+	now      time.Time
+	rt       *config.Runtime
+	addr     netip.Addr
+	identity *authn.Identity
+	result   string
+	reason   string
+}
+
+type ctxKey struct{}
+
+func state(r *http.Request) *request {
+	st, _ := r.Context().Value(ctxKey{}).(*request)
+	return st
+}
+
+func (s *Server) withRequest(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := &request{start: time.Now(), result: "allow"}
+		st.now = s.now()
+		st.id = s.reqPfx + strconv.FormatUint(s.reqSeq.Add(1), 36)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+		d := time.Since(st.start)
+		s.opts.Metrics.decision(st.result, st.reason, d)
+		if st.result != "allow" || s.log.Enabled(r.Context(), slog.LevelDebug) {
+			attrs := []any{"requestID", st.id, "method", r.Method, "path", r.URL.Path, "client", st.addr.String(),
+				"result", st.result, "reason", st.reason, "duration", d}
+			if st.identity != nil {
+				attrs = append(attrs, "keyID", st.identity.KeyID, "clientKey", st.identity.Client)
+			}
+			lvl := slog.LevelDebug
+			if st.result != "allow" {
+				lvl = slog.LevelInfo
+			}
+			s.log.Log(r.Context(), lvl, "Handled request", attrs...)
+		}
+	})
+}
+
+func (s *Server) withBundle(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := state(r)
+		st.rt = s.opts.Store.Load()
+		if st.rt == nil {
+			st.result, st.reason = "unavailable", "no_bundle"
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "unavailable", Message: "no policy bundle loaded yet"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) withClientAddr(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := state(r)
+		addr, ok := st.rt.Resolver.Resolve(r)
+		if !ok {
+			st.result, st.reason = "deny", "bad_client_address"
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client address cannot be determined"})
+			return
+		}
+		st.addr = addr
+		if !cleanPath(r.URL.Path) {
+			st.result, st.reason = "deny", "unclean_path"
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "path is not in canonical form"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cleanPath refuses paths whose meaning an upstream could read differently
+// from the rules: dot segments, empty segments, missing leading slash.
+func cleanPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return p == "*"
+	}
+	for i := 1; i < len(p); i++ {
+		if p[i] == '/' && p[i-1] == '/' {
+			return false
+		}
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return !strings.ContainsAny(p, "\\\x00")
+}
+
+// route sends reserved paths to the sidecar's own endpoints and public paths
+// straight to the proxy; everything else continues the chain.
+func (s *Server) route(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := state(r)
+		p := r.URL.Path
+		switch {
+		case st.rt.TokenPaths[p]:
+			s.serveToken(w, r, st)
+		case p == PathRevoke:
+			s.serveRevoke(w, r, st)
+		case p == PathIntrospect:
+			s.serveIntrospect(w, r, st)
+		case p == PathJWKS:
+			s.serveJWKS(w, r, st)
+		case p == PathAuthTest:
+			s.serveAuthTest(w, r, st)
+		case st.rt.PublicPaths[p]:
+			st.reason = "public"
+			s.proxy.ServeHTTP(w, r)
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// authenticate runs authentication, failure limits and the CIDR check.
+// On failure it has written the response and returns nil.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *request, oauth bool) *authn.Identity {
+	addrKey := st.addr.String()
+	if blocked, after := s.byAddr.Blocked(addrKey, st.now); blocked {
+		s.tooMany(w, st, after)
+		return nil
+	}
+	id, ferr := s.auth.Request(st.rt, r, st.now)
+	if ferr == nil {
+		ferr = authn.CheckAddress(st.rt, id, st.addr)
+	}
+	keyID := ""
+	if ferr != nil {
+		keyID = ferr.KeyID
+	} else {
+		keyID = id.KeyID
+	}
+	if blocked, after := s.byKey.Blocked(keyID, st.now); blocked {
+		s.tooMany(w, st, after)
+		return nil
+	}
+	if ferr != nil {
+		if ferr.Reason != authn.ReasonNoCredentials {
+			s.byAddr.Fail(addrKey, st.now)
+			s.byKey.Fail(ferr.KeyID, st.now)
+		}
+		st.result, st.reason = "unauthenticated", ferr.Reason
+		if oauth {
+			s.invalidClient(w, st)
+		} else {
+			s.unauthorized(w, st)
+		}
+		return nil
+	}
+	st.identity = id
+	return id
+}
+
+func (s *Server) withAuthn(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := state(r)
+		if s.authenticate(w, r, st, false) == nil {
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) withAuthz(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := state(r)
+		d, perm := st.rt.Rules.Authorize(r.Method, r.URL.Path, st.identity.Perms)
+		switch d {
+		case authz.MissingPermission:
+			st.result, st.reason = "forbidden", "missing_permission"
+			w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+perm+`"`)
+			writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Message: "missing permission " + perm, Permission: perm})
+			return
+		case authz.NoRule:
+			st.result, st.reason = "forbidden", "no_rule"
+			writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Message: "no rule allows this request"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type errorBody struct {
+	Error      string `json:"error"`
+	Message    string `json:"message"`
+	Permission string `json:"permission,omitempty"`
+}
+
+// unauthorizedBody is the one body of every 401 on resources.
+var unauthorizedBody = []byte(`{"error":"unauthorized","message":"authentication required"}` + "\n")
+
+func (s *Server) unauthorized(w http.ResponseWriter, st *request) {
+	h := w.Header()
+	h.Set("WWW-Authenticate", st.rt.Challenge)
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = w.Write(unauthorizedBody)
+}
+
+func (s *Server) tooMany(w http.ResponseWriter, st *request, after time.Duration) {
+	st.result, st.reason = "throttled", "failure_limit"
+	secs := int(after/time.Second) + 1
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeJSON(w, http.StatusTooManyRequests, errorBody{Error: "too_many_requests", Message: "too many failed authentication attempts"})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"internal"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if h.Get("Cache-Control") == "" {
+		h.Set("Cache-Control", "no-store")
+	}
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// bufferPool lends the reverse proxy its copy buffers.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v := b.p.Get(); v != nil {
+		return *(v.(*[]byte))
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// NewTransport returns the pooled keep-alive transport to the upstream.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			st := state(pr.In)
+			if st != nil && st.rt != nil && len(st.rt.Resolver.Trusted) > 0 {
+				if peer, ok := peerTrusted(st.rt, pr.In.RemoteAddr); ok && peer {
+					pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+				}
+			}
+			pr.SetURL(upstream)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+			h := pr.Out.Header
+			for k := range h {
+				if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+					delete(h, k)
+				}
+			}
+			delete(h, "Authorization")
+			if st != nil && st.rt != nil && st.rt.Policy.APIKeyHeader != "" {
+				h.Del(st.rt.Policy.APIKeyHeader)
+			}
+			if st != nil {
+				h["X-Request-Id"] = []string{st.id}
+				if id := st.identity; id != nil {
+					h[HeaderKeyID] = []string{id.KeyID}
+					h[HeaderPermissions] = []string{id.PermHeader}
+					if id.Client != "" {
+						h[HeaderClient] = []string{id.Client}
+					}
+				}
+			}
+		},
+		Transport:  NewTransport(),
+		BufferPool: &bufferPool{},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if st := state(r); st != nil {
+				st.result, st.reason = "error", "upstream"
+			}
+			s.log.Warn("Upstream request failed", "error", err)
+			writeJSON(w, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
+		},
+	}
+}
+
+func peerTrusted(rt *config.Runtime, remote string) (bool, bool) {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return false, false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range rt.Resolver.Trusted {
+		if p.Contains(a) {
+			return true, true
+		}
+	}
+	return false, true
+}

@@ -1,0 +1,216 @@
+// Package token issues and verifies the sidecar's JWTs (go-jose v4) under the
+// strict rules of RFC 8725: the algorithm comes from the key named by "kid",
+// never from the token; exp, nbf, iss and aud are checked with a small leeway;
+// tokens above a size cap are refused before parsing.
+package token
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+)
+
+// MaxSize is the largest token accepted, in bytes.
+const MaxSize = 8 << 10
+
+// Leeway is the clock skew tolerated on exp, nbf and iat.
+const Leeway = 30 * time.Second
+
+// Errors returned by Verify. They never reach a client: every failure is one
+// generic 401.
+var (
+	ErrMalformed  = errors.New("token malformed")
+	ErrTooLarge   = errors.New("token too large")
+	ErrUnknownKey = errors.New("token signed by an unknown or retired key")
+	ErrAlgorithm  = errors.New("token algorithm does not match its key")
+	ErrSignature  = errors.New("token signature invalid")
+	ErrClaims     = errors.New("token claims invalid")
+)
+
+// Claims are the sidecar's token claims.
+type Claims struct {
+	jwt.Claims
+	// Client is the sub-client a client token was issued for.
+	Client string `json:"client,omitempty"`
+	// Perms are the permissions the token carries.
+	Perms []string `json:"perms,omitempty"`
+	// CIDRs narrow the addresses the token may be used from.
+	CIDRs []string `json:"cidrs,omitempty"`
+}
+
+type verifyKey struct {
+	alg       jose.SignatureAlgorithm
+	key       any // public key, or []byte for HS256
+	retiresAt *time.Time
+}
+
+// Keyset signs with the current key and verifies with every key in force.
+type Keyset struct {
+	kid    string
+	alg    jose.SignatureAlgorithm
+	signer jose.Signer
+	verify map[string]verifyKey
+	algs   []jose.SignatureAlgorithm
+	issuer string
+	aud    string
+	jwks   []jose.JSONWebKey
+}
+
+// NewKeyset compiles a bundle's signing keys for issuer and audience.
+func NewKeyset(keys []bundle.SigningKey, issuer, audience string) (*Keyset, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("no signing key")
+	}
+	ks := &Keyset{verify: make(map[string]verifyKey, len(keys)), issuer: issuer, aud: audience}
+	seenAlg := map[jose.SignatureAlgorithm]bool{}
+	for i, k := range keys {
+		priv, err := k.PrivateKey()
+		if err != nil {
+			return nil, err
+		}
+		alg := jose.SignatureAlgorithm(k.Algorithm)
+		var pub any = priv
+		if pj, ok, err := k.PublicJWK(); err != nil {
+			return nil, err
+		} else if ok {
+			pub = pj.Key
+			if k.RetiresAt == nil || i == 0 || k.RetiresAt.After(time.Now()) {
+				ks.jwks = append(ks.jwks, pj)
+			}
+		}
+		if _, dup := ks.verify[k.KeyID]; dup {
+			return nil, fmt.Errorf("signing key ID %s appears twice", k.KeyID)
+		}
+		vk := verifyKey{alg: alg, key: pub}
+		if i > 0 {
+			vk.retiresAt = k.RetiresAt
+		}
+		ks.verify[k.KeyID] = vk
+		if !seenAlg[alg] {
+			seenAlg[alg] = true
+			ks.algs = append(ks.algs, alg)
+		}
+		if i == 0 {
+			opts := (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), k.KeyID)
+			s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: priv}, opts)
+			if err != nil {
+				return nil, fmt.Errorf("signer for key %s: %w", k.KeyID, err)
+			}
+			ks.kid, ks.alg, ks.signer = k.KeyID, alg, s
+		}
+	}
+	return ks, nil
+}
+
+// Algorithm is the algorithm of the current signing key.
+func (ks *Keyset) Algorithm() string { return string(ks.alg) }
+
+// JWKS is the public keys document (asymmetric keys only).
+func (ks *Keyset) JWKS() jose.JSONWebKeySet { return jose.JSONWebKeySet{Keys: ks.jwks} }
+
+// Spec describes a token to issue.
+type Spec struct {
+	Subject string
+	Client  string
+	Perms   []string
+	CIDRs   []string
+	TTL     time.Duration
+}
+
+// NewID returns a fresh token ID: 128 random bits, base64url, so it only
+// holds [-_a-zA-Z0-9] and can be a ConfigMap key.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Issue signs a new token and returns it with its claims.
+func (ks *Keyset) Issue(s Spec, now time.Time) (string, *Claims, error) {
+	now = now.Truncate(time.Second)
+	c := &Claims{
+		Claims: jwt.Claims{
+			Issuer:    ks.issuer,
+			Audience:  jwt.Audience{ks.aud},
+			Subject:   s.Subject,
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			Expiry:    jwt.NewNumericDate(now.Add(s.TTL)),
+			ID:        NewID(),
+		},
+		Client: s.Client,
+		Perms:  s.Perms,
+		CIDRs:  s.CIDRs,
+	}
+	raw, err := jwt.Signed(ks.signer).Claims(c).Serialize()
+	if err != nil {
+		return "", nil, fmt.Errorf("sign token: %w", err)
+	}
+	return raw, c, nil
+}
+
+// ValidID reports whether a jti only holds [-._a-zA-Z0-9] (1..128 chars).
+func ValidID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// Verify checks raw and returns its claims. It does not consult revocations.
+func (ks *Keyset) Verify(raw string, now time.Time) (*Claims, error) {
+	if len(raw) > MaxSize {
+		return nil, ErrTooLarge
+	}
+	if strings.Count(raw, ".") != 2 {
+		return nil, ErrMalformed
+	}
+	tok, err := jwt.ParseSigned(raw, ks.algs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, ErrMalformed
+	}
+	h := tok.Headers[0]
+	vk, ok := ks.verify[h.KeyID]
+	if !ok || h.KeyID == "" {
+		return nil, ErrUnknownKey
+	}
+	if vk.retiresAt != nil && !now.Before(*vk.retiresAt) {
+		return nil, ErrUnknownKey
+	}
+	if jose.SignatureAlgorithm(h.Algorithm) != vk.alg {
+		return nil, ErrAlgorithm
+	}
+	if len(h.ExtraHeaders) > 0 {
+		if _, crit := h.ExtraHeaders["crit"]; crit {
+			return nil, ErrMalformed
+		}
+	}
+	c := &Claims{}
+	if err := tok.Claims(vk.key, c); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	if c.Expiry == nil || c.IssuedAt == nil || !ValidID(c.ID) || c.Subject == "" {
+		return nil, ErrClaims
+	}
+	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: ks.issuer, AnyAudience: jwt.Audience{ks.aud}, Time: now}, Leeway); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrClaims, err)
+	}
+	return c, nil
+}
