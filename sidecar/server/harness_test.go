@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -57,7 +58,7 @@ func newHarness(t *testing.T, fix *bundletest.Fixture, opts ...harnessOption) *h
 	}
 	h.upstream = echoUpstream(t)
 	u, _ := url.Parse(h.upstream.URL)
-	o := Options{Store: h.store, Revoked: h.revoked, Upstream: u, Metrics: NewMetrics(h.store), FailureLimit: 1000}
+	o := Options{Store: h.store, Revoked: h.revoked, Upstream: u, Metrics: NewMetrics(h.store), FailureLimit: 1000, Log: slog.New(slog.DiscardHandler)}
 	for _, f := range opts {
 		f(&o)
 	}

@@ -3,9 +3,9 @@ package server
 import (
 	"context"
 	"encoding/base64"
-	"net/http/httptest"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"testing"
 	"time"
@@ -26,6 +26,7 @@ func chargesFixture() *bundletest.Fixture {
 	}
 	f.AddKey("apk-lake", []string{"charges:List", "reports:All"}, bundletest.WithClient("acme", "charges:List", "charges:Create"))
 	f.AddKey("apk-other", []string{"charges:All"})
+	f.AddKey("apk-local", []string{"charges:List"}, bundletest.WithCIDRs("127.0.0.0/8"))
 	f.AddKey("apk-far", []string{"charges:All"}, bundletest.WithCIDRs("10.0.0.0/8"))
 	f.AddKey("apk-old", []string{"charges:All"}, bundletest.WithExpiry(time.Now().Add(-time.Minute)))
 	return f
@@ -147,7 +148,6 @@ func TestAuthorization(t *testing.T) {
 		expect401(t, h.do("GET", "/admin", ""), challenge)
 	})
 }
-
 
 func TestForwardedHeaders(t *testing.T) {
 	f := chargesFixture()
