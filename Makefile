@@ -54,6 +54,13 @@ build: ## Build the manager and the sidecar into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=0 go build -o $(BIN)/sidecar ./cmd/sidecar
 
+IMAGE_TAG ?= v0.1.0
+
+.PHONY: images
+images: build ## Build the manager and sidecar images without Docker, as tarballs in bin/images (pinned tags).
+	cd hack/image && go run . -binary $(BIN)/manager -tag keygate/manager:$(IMAGE_TAG) -out $(BIN)/images/manager-$(IMAGE_TAG).tar
+	cd hack/image && go run . -binary $(BIN)/sidecar -tag keygate/sidecar:$(IMAGE_TAG) -out $(BIN)/images/sidecar-$(IMAGE_TAG).tar
+
 .PHONY: bench
 bench: envtest ## Run the benchmarks and print their figures.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=. -benchmem ./...
