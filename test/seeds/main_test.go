@@ -1,0 +1,234 @@
+// Package seeds replays, for each platform in ../../../shared/seeds, its
+// documented authentication sequence against the real sidecar binary running
+// in file mode in front of a real upstream on loopback.
+package seeds
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keygate-dev/keygate/sidecar/bundletest"
+)
+
+var sidecarBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keygate-seeds-")
+	if err != nil {
+		panic(err)
+	}
+	sidecarBin = filepath.Join(dir, "sidecar")
+	build := exec.Command("go", "build", "-o", sidecarBin, "github.com/keygate-dev/keygate/cmd/sidecar")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build sidecar:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	timeout  = 5 * time.Second
+	interval = 50 * time.Millisecond
+)
+
+// seen is what the upstream reports about a request.
+type seen struct {
+	Method  string              `json:"method"`
+	Path    string              `json:"path"`
+	Headers map[string][]string `json:"headers"`
+	Body    string              `json:"body"`
+}
+
+func upstream(t *testing.T) *httptest.Server {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Headers: r.Header, Body: string(b)})
+	}))
+	t.Cleanup(up.Close)
+	return up
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// sidecar is a running sidecar process.
+type sidecar struct {
+	t          *testing.T
+	base       string
+	admin      string
+	cmd        *exec.Cmd
+	bundleFile string
+	revFile    string
+	args       []string
+}
+
+// start writes the fixture to a file and runs the sidecar on it.
+func start(t *testing.T, fix *bundletest.Fixture) *sidecar {
+	t.Helper()
+	dir := t.TempDir()
+	s := &sidecar{t: t, bundleFile: filepath.Join(dir, "bundle.json"), revFile: filepath.Join(dir, "revocations.json")}
+	if err := fix.WriteFile(s.bundleFile); err != nil {
+		t.Fatal(err)
+	}
+	up := upstream(t)
+	s.args = []string{"--bundle-file", s.bundleFile, "--revocations-file", s.revFile,
+		"--upstream-port", strings.TrimPrefix(up.URL[strings.LastIndexByte(up.URL, ':'):], ":"),
+		"--bind-address", "127.0.0.1", "--drain-timeout", "2s"}
+	s.run()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *sidecar) run() {
+	s.t.Helper()
+	port, admin := freePort(s.t), freePort(s.t)
+	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	s.admin = fmt.Sprintf("http://127.0.0.1:%d", admin)
+	s.cmd = exec.Command(sidecarBin, append(s.args, "--port", fmt.Sprint(port), "--admin-port", fmt.Sprint(admin))...)
+	s.cmd.Stderr = io.Discard
+	if testing.Verbose() {
+		s.cmd.Stderr = os.Stderr
+	}
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(s.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("sidecar not ready after %s", timeout)
+		}
+		time.Sleep(interval)
+	}
+}
+
+func (s *sidecar) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(timeout):
+			_ = s.cmd.Process.Kill()
+			<-done
+		}
+		s.cmd = nil
+	}
+}
+
+func (s *sidecar) restart() { s.stop(); s.run() }
+
+// reload writes a new bundle and waits until it is in force.
+func (s *sidecar) reload(fix *bundletest.Fixture, inForce func() bool) {
+	s.t.Helper()
+	if err := fix.WriteFile(s.bundleFile); err != nil {
+		s.t.Fatal(err)
+	}
+	eventually(s.t, inForce)
+}
+
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", timeout)
+		}
+		time.Sleep(interval)
+	}
+}
+
+type resp struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r resp) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("not JSON: %q", r.Body)
+	}
+	return m
+}
+
+func (r resp) upstream(t *testing.T) seen {
+	t.Helper()
+	var s seen
+	if err := json.Unmarshal(r.Body, &s); err != nil || s.Path == "" {
+		t.Fatalf("did not reach the upstream: %d %s", r.Status, r.Body)
+	}
+	return s
+}
+
+// call sends a request with header name/value pairs.
+func (s *sidecar) call(method, path, body string, headers ...string) resp {
+	s.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, s.base+path, rd)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return resp{Status: r.StatusCode, Header: r.Header, Body: b}
+}
+
+func basic(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+func want(t *testing.T, r resp, status int) {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("got %d %s, want %d", r.Status, r.Body, status)
+	}
+}
+
+const generic401 = `{"error":"unauthorized","message":"authentication required"}` + "\n"
+
+func want401(t *testing.T, r resp) {
+	t.Helper()
+	if r.Status != 401 || string(r.Body) != generic401 || r.Header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("want the generic 401, got %d %q", r.Status, r.Body)
+	}
+}
