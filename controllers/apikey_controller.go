@@ -16,11 +16,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
-	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
 // fieldOwner is the server-side field manager of every write the operator makes.

@@ -9,11 +9,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -129,7 +131,8 @@ func (h siblingHandler) Update(ctx context.Context, e event.TypedUpdateEvent[cli
 	}
 }
 
-func (h siblingHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {}
+func (h siblingHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {
+}
 
 func (h siblingHandler) fanOut(ctx context.Context, o client.Object, q apiKeyQueue) {
 	key := o.(*keygatev1.ApiKey)
@@ -194,4 +197,26 @@ func policyOf(name func(client.Object) (string, bool)) handler.EventHandler {
 		DeleteFunc:  func(_ context.Context, e event.DeleteEvent, q apiKeyQueue) { add(e.Object, q) },
 		GenericFunc: func(_ context.Context, e event.GenericEvent, q apiKeyQueue) { add(e.Object, q) },
 	}
+}
+
+// CacheOptions scopes the manager's cache to namespaces (all when empty) and,
+// to keep memory flat, caches only the Secrets and ConfigMaps keygate writes
+// (labelled app.kubernetes.io/managed-by=keygate). A Secret of someone else
+// is therefore invisible to the reconcilers; creating over it fails with
+// AlreadyExists, which they report as SecretConflict.
+func CacheOptions(namespaces []string) cache.Options {
+	managed := labels.SelectorFromSet(labels.Set{keygatev1.LabelManagedBy: keygatev1.ManagedByValue})
+	opts := cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}:    {Label: managed},
+			&corev1.ConfigMap{}: {Label: managed},
+		},
+	}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
 }

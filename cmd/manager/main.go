@@ -9,14 +9,10 @@ import (
 	"os"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -47,7 +43,7 @@ func run() error {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse() // --kubeconfig is registered by controller-runtime's config package
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	ctrl.SetLogger(controllers.CapVerbosity(zap.New(zap.UseFlagOptions(&zapOpts))))
 	log := ctrl.Log.WithName("setup")
 
 	scheme := runtime.NewScheme()
@@ -67,7 +63,7 @@ func run() error {
 		LeaderElectionNamespace: leaderElectionNamespace,
 		// Leaving at once on shutdown lets a new leader start without waiting for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
-		Cache:                         CacheOptions(splitNamespaces(namespaces)),
+		Cache:                         controllers.CacheOptions(splitNamespaces(namespaces)),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -108,23 +104,4 @@ func splitNamespaces(s string) []string {
 		}
 	}
 	return out
-}
-
-// CacheOptions scopes the cache to namespaces (all when empty) and, to keep
-// memory flat, caches only the Secrets and ConfigMaps keygate writes.
-func CacheOptions(namespaces []string) cache.Options {
-	managed := labels.SelectorFromSet(labels.Set{keygatev1.LabelManagedBy: keygatev1.ManagedByValue})
-	opts := cache.Options{
-		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}:    {Label: managed},
-			&corev1.ConfigMap{}: {Label: managed},
-		},
-	}
-	if len(namespaces) > 0 {
-		opts.DefaultNamespaces = map[string]cache.Config{}
-		for _, ns := range namespaces {
-			opts.DefaultNamespaces[ns] = cache.Config{}
-		}
-	}
-	return opts
 }
