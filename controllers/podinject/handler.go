@@ -29,6 +29,8 @@ type Handler struct {
 	Policies client.Reader
 	// Decoder decodes admission requests.
 	Decoder admission.Decoder
+
+	observe func(req admission.Request, result string)
 }
 
 var _ admission.Handler = (*Handler)(nil)
@@ -38,6 +40,9 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	start := time.Now()
 	resp, res := h.handle(ctx, req)
 	observeAdmission(res, time.Since(start))
+	if h.observe != nil {
+		h.observe(req, res)
+	}
 	return resp
 }
 

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/keygate-dev/keygate/controllers/webhookcert"
 )
@@ -50,6 +51,8 @@ type Options struct {
 	ServiceName, Namespace string
 	// Port is the webhook server's port.
 	Port int
+	// Host is the address the webhook server binds; empty binds every address.
+	Host string
 
 	// Namespaces, when set, limits the pods and RBAC objects watched (give it
 	// the manager's --watch-namespaces). Empty watches every namespace.
@@ -59,6 +62,8 @@ type Options struct {
 	CertOptions func(*webhookcert.Options)
 
 	holder *webhookcert.Holder
+	// observe, when set, sees every admission and its result (tests).
+	observe func(req admission.Request, result string)
 }
 
 // BindFlags registers the injection flags on fs with their defaults.
@@ -110,7 +115,7 @@ func (o *Options) setDefaults() {
 // serves the certificate the rotator keeps, reloading it the moment it changes.
 func (o *Options) WebhookServer() webhook.Server {
 	o.setDefaults()
-	opts := webhook.Options{Port: o.Port, CertDir: o.CertDir}
+	opts := webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}
 	if o.CertMode == webhookcert.ModeSelfSigned {
 		opts.TLSOpts = append(opts.TLSOpts, o.holder.TLSOpt)
 	}

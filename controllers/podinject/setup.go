@@ -55,6 +55,7 @@ func Setup(mgr ctrl.Manager, opts *Options) error {
 		Config:   cfg,
 		Policies: mgr.GetAPIReader(),
 		Decoder:  admission.NewDecoder(mgr.GetScheme()),
+		observe:  opts.observe,
 	}})
 	started := server.StartedChecker()
 	if err := mgr.AddReadyzCheck(ReadyzCheckName, func(req *http.Request) error {
