@@ -286,4 +286,3 @@ func servedCert(t *testing.T) []byte {
 	defer conn.Close() //nolint:errcheck // read-only
 	return conn.ConnectionState().PeerCertificates[0].Raw
 }
-
