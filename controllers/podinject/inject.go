@@ -82,6 +82,10 @@ func parseAnnotations(pod *corev1.Pod, cfg Config) (injection, error) {
 		}
 	}
 
+	if t := pod.Spec.AutomountServiceAccountToken; t != nil && !*t {
+		return in, invalid("spec.automountServiceAccountToken is false: the keygate sidecar reads its bundle Secret with the pod's service account token")
+	}
+
 	policy, ok := ann[keygatev1.AnnotationPolicy]
 	if !ok || policy == "" {
 		return in, invalid("annotation %s is required: name the TokenPolicy the sidecar enforces", keygatev1.AnnotationPolicy)

@@ -276,6 +276,7 @@ func TestInjectRefuses(t *testing.T) {
 		{"bad cpu override", newPod(withAnnotation(AnnotationCPURequest, "lots")), `annotation keygate.dev/sidecar-cpu-request: "lots" is not a positive quantity`},
 		{"negative memory override", newPod(withAnnotation(AnnotationMemoryLimit, "-1Mi")), `annotation keygate.dev/sidecar-memory-limit: "-1Mi" is not a positive quantity`},
 		{"request above limit", newPod(withAnnotation(AnnotationMemoryRequest, "1Gi")), "sidecar memory request 1Gi exceeds its limit 128Mi (annotations keygate.dev/sidecar-memory-request, keygate.dev/sidecar-memory-limit)"},
+		{"no service account token", newPod(func(p *corev1.Pod) { no := false; p.Spec.AutomountServiceAccountToken = &no }), "spec.automountServiceAccountToken is false"},
 		{"reserved container name", newPod(func(p *corev1.Pod) { p.Spec.Containers[0].Name = "keygate-sidecar" }), `container name "keygate-sidecar" is reserved`},
 	}
 	for _, tt := range tests {
