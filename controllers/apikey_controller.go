@@ -294,7 +294,8 @@ func (r *ApiKeyReconciler) checkReady(ctx context.Context, key *keygatev1.ApiKey
 	siblings := []keygatev1.ApiKey{*key}
 	if policy != nil && !key.Spec.Disabled {
 		list := &keygatev1.ApiKeyList{}
-		if err := r.List(ctx, list, client.InNamespace(key.Namespace), client.MatchingFields{indexPolicyRef: key.Spec.PolicyRef.Name}); err != nil {
+		if err := r.List(ctx, list, client.InNamespace(key.Namespace), client.MatchingFields{indexPolicyRef: key.Spec.PolicyRef.Name},
+			client.UnsafeDisableDeepCopy); err != nil { // read only
 			return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
 		}
 		if len(list.Items) > maxApiKeys(policy) { // only then can siblings matter
@@ -325,11 +326,16 @@ func (r *ApiKeyReconciler) checkReady(ctx context.Context, key *keygatev1.ApiKey
 	return ctrl.Result{}, nil
 }
 
-// recordReadyTransition emits an Event when the Ready reason changes.
+// recordReadyTransition emits an Event when the Ready reason changes. A new
+// key becoming Ready straight away is no news and gets none (1,000 new keys
+// would otherwise make 1,000 Events).
 func (r *ApiKeyReconciler) recordReadyTransition(before, after *keygatev1.ApiKey) {
 	old := meta.FindStatusCondition(before.Status.Conditions, keygatev1.ConditionReady)
 	cur := meta.FindStatusCondition(after.Status.Conditions, keygatev1.ConditionReady)
 	if cur == nil || (old != nil && old.Reason == cur.Reason && old.Status == cur.Status) {
+		return
+	}
+	if old == nil && cur.Status == metav1.ConditionTrue {
 		return
 	}
 	typ := corev1.EventTypeWarning

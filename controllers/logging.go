@@ -23,7 +23,9 @@ func (s cappedSink) Enabled(level int) bool {
 	return level <= MaxLogVerbosity && s.LogSink.Enabled(level)
 }
 
-func (s cappedSink) WithValues(kv ...any) logr.LogSink { return cappedSink{s.LogSink.WithValues(kv...)} }
+func (s cappedSink) WithValues(kv ...any) logr.LogSink {
+	return cappedSink{s.LogSink.WithValues(kv...)}
+}
 
 func (s cappedSink) WithName(name string) logr.LogSink { return cappedSink{s.LogSink.WithName(name)} }
 

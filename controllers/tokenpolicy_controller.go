@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +30,9 @@ type TokenPolicyReconciler struct {
 	client.Client
 	Clock    clock.PassiveClock
 	Recorder recorder.EventRecorder
+
+	// ownWrites maps each bundle Secret to the resourceVersion this process wrote.
+	ownWrites sync.Map
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies,verbs=get;list;watch
@@ -87,8 +91,8 @@ func (r *TokenPolicyReconciler) ownedObject(p *keygatev1.TokenPolicy, obj client
 
 // getOwned reads a child of the policy; found is false when it does not
 // exist. A same-named object owned by someone else is an error.
-func (r *TokenPolicyReconciler) getOwned(ctx context.Context, p *keygatev1.TokenPolicy, obj client.Object, name string) (found bool, err error) {
-	if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: name}, obj); err != nil {
+func (r *TokenPolicyReconciler) getOwned(ctx context.Context, p *keygatev1.TokenPolicy, obj client.Object, name string, opts ...client.GetOption) (found bool, err error) {
+	if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: name}, obj, opts...); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
@@ -215,40 +219,46 @@ func pruneRevocations(data map[string]string, now time.Time) (map[string]string,
 }
 
 // ensureBundle writes the bundle Secret from the policy, its signing keys and
-// its accepted ApiKeys; an unchanged bundle is not written.
+// its accepted ApiKeys; an unchanged bundle is not written. The cache is read
+// without deep copies (nothing read here is modified), which keeps a pass
+// over 1,000 keys cheap.
 func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPass) (ctrl.Result, error) {
 	p := pass.policy
-	list := &keygatev1.ApiKeyList{}
-	if err := r.List(ctx, list, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name}); err != nil {
+	keys := &keygatev1.ApiKeyList{}
+	if err := r.List(ctx, keys, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
 	}
-	verdicts := admit(list.Items, p, pass.now)
+	secrets := &corev1.SecretList{}
+	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
+		client.HasLabels{keygatev1.LabelApiKey}, client.UnsafeDisableDeepCopy); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list credentials Secrets of TokenPolicy %q: %w", p.Name, err)
+	}
+	byName := make(map[string]*corev1.Secret, len(secrets.Items))
+	for i := range secrets.Items {
+		byName[secrets.Items[i].Name] = &secrets.Items[i]
+	}
+	verdicts := admit(keys.Items, p, pass.now)
 	b := &bundle.Bundle{
 		Version:     bundle.FormatVersion,
 		Policy:      resolvePolicy(p),
 		HashKey:     pass.signing.HashKey,
 		SigningKeys: pass.signing.Keys,
-		Keys:        make([]bundle.Key, 0, len(list.Items)),
+		Keys:        make([]bundle.Key, 0, len(keys.Items)),
 	}
 	var wakeups []time.Time
-	for i := range list.Items {
-		key := &list.Items[i]
+	for i := range keys.Items {
+		key := &keys.Items[i]
 		if !verdicts[key.Name].Ready {
 			continue
 		}
-		secret := &corev1.Secret{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: credentialsSecretName(key)}, secret); err != nil {
-			if !apierrors.IsNotFound(err) {
-				return ctrl.Result{}, fmt.Errorf("read credentials Secret of ApiKey %q: %w", key.Name, err)
-			}
-			secret = nil
-		}
+		secret := byName[credentialsSecretName(key)]
 		if k, ok := bundleKey(key, secret, b.HashKey, pass.now); ok {
 			b.Keys = append(b.Keys, k)
 			wakeups = append(wakeups, keyWakeups(key, secret)...)
 		}
 	}
-	sortKeys(b.Keys)
+	b.Keys = uniqueKeys(b.Keys)
 	if err := b.Validate(); err != nil {
 		return ctrl.Result{}, fmt.Errorf("build bundle: %w", err)
 	}
@@ -256,28 +266,9 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("encode bundle: %w", err)
 	}
-
 	name := bundle.SecretName(p.Name)
-	secret := &corev1.Secret{}
-	found, err := r.getOwned(ctx, p, secret, name)
-	if err != nil {
-		return ctrl.Result{}, fmt.Errorf("bundle Secret: %w", err)
-	}
-	desired := secret.DeepCopy()
-	if !found {
-		desired = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name}}
-	}
-	changed := !found || !bytes.Equal(secret.Data[bundle.SecretDataKey], data)
-	desired.Type = corev1.SecretTypeOpaque
-	desired.Data = map[string][]byte{bundle.SecretDataKey: data}
-	if err := r.ownedObject(p, desired); err != nil {
+	if err := r.writeBundle(ctx, p, name, data); err != nil {
 		return ctrl.Result{}, err
-	}
-	if err := r.writeChild(ctx, found, secret, desired); err != nil {
-		return ctrl.Result{}, fmt.Errorf("write bundle Secret %q: %w", name, err)
-	}
-	if changed {
-		ctrl.LoggerFrom(ctx).V(1).Info("Wrote bundle Secret", "secret", name, "apiKeys", len(b.Keys), "bytes", len(data))
 	}
 
 	p.Status.ApiKeys = int32(len(b.Keys)) //nolint:gosec // at most maxApiKeys (≤ 10000)
@@ -286,4 +277,60 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
 		Message: fmt.Sprintf("Bundle Secret %s holds %d ApiKeys and %d signing keys.", name, len(b.Keys), len(b.SigningKeys))})
 	return ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}, nil
+}
+
+// writeBundle creates the bundle Secret or replaces its data when the bytes
+// differ; the write is guarded by the resourceVersion read.
+func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.TokenPolicy, name string, data []byte) error {
+	cached := &corev1.Secret{}
+	found, err := r.getOwned(ctx, p, cached, name, client.UnsafeDisableDeepCopy)
+	if err != nil {
+		return fmt.Errorf("bundle Secret: %w", err)
+	}
+	desired := &corev1.Secret{Type: corev1.SecretTypeOpaque, Data: map[string][]byte{bundle.SecretDataKey: data}}
+	if found {
+		cached.ObjectMeta.DeepCopyInto(&desired.ObjectMeta)
+	} else {
+		desired.ObjectMeta = metav1.ObjectMeta{Namespace: p.Namespace, Name: name}
+	}
+	if err := r.ownedObject(p, desired); err != nil {
+		return err
+	}
+	if found && bytes.Equal(cached.Data[bundle.SecretDataKey], data) && len(cached.Data) == 1 && cached.Type == desired.Type &&
+		equality.Semantic.DeepEqual(cached.Labels, desired.Labels) && equality.Semantic.DeepEqual(cached.OwnerReferences, desired.OwnerReferences) {
+		return nil
+	}
+	if found {
+		err = r.Update(ctx, desired, fieldOwner)
+	} else {
+		err = r.Create(ctx, desired, fieldOwner)
+	}
+	if err != nil {
+		return fmt.Errorf("write bundle Secret %q: %w", name, err)
+	}
+	r.ownWrites.Store(types.NamespacedName{Namespace: p.Namespace, Name: name}, desired.ResourceVersion)
+	ctrl.LoggerFrom(ctx).V(1).Info("Wrote bundle Secret", "secret", name, "bytes", len(data))
+	return nil
+}
+
+// uniqueKeys sorts keys by key ID and drops any repeated key ID (only a
+// hand-made credentials Secret copied from another key could cause one), so
+// that one broken key never makes the whole bundle invalid.
+func uniqueKeys(keys []bundle.Key) []bundle.Key {
+	sortKeys(keys)
+	out := keys[:0]
+	for i, k := range keys {
+		if i > 0 && k.KeyID == keys[i-1].KeyID {
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// isOwnBundleWrite filters the watch event of a bundle write this process
+// just made: rebuilding the bundle for it would only find it unchanged.
+func (r *TokenPolicyReconciler) isOwnBundleWrite(o client.Object) bool {
+	rv, ok := r.ownWrites.Load(types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()})
+	return ok && rv == o.GetResourceVersion()
 }
