@@ -40,6 +40,7 @@ func run() error {
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the manager's own).")
 	flag.StringVar(&namespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; empty watches all.")
 	flag.StringVar(&namespaces, "namespace", "", "Alias of --watch-namespaces.")
+	// Injection webhook: bind podinject.Options flags here (see below).
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse() // --kubeconfig is registered by controller-runtime's config package
@@ -64,6 +65,7 @@ func run() error {
 		// Leaving at once on shutdown lets a new leader start without waiting for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(splitNamespaces(namespaces)),
+		// Injection webhook: WebhookServer: inject.WebhookServer(),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -76,8 +78,12 @@ func run() error {
 		return fmt.Errorf("register metrics: %w", err)
 	}
 
-	// Injection webhook: wired by podinject.Setup (owned by the injection work; the
-	// lead adds the call here, e.g. `if err := podinject.Setup(mgr, ...); err != nil { return err }`).
+	// Injection webhook: wired by podinject.Setup. Three touch points, all marked
+	// "Injection webhook": (1) before flag.Parse, `inject := &podinject.Options{}` and
+	// `inject.BindFlags(flag.CommandLine)`; (2) in ctrl.Options,
+	// `WebhookServer: inject.WebhookServer()` after `inject.Namespaces =
+	// splitNamespaces(namespaces)`; (3) here,
+	// `if err := podinject.Setup(mgr, inject); err != nil { return err }`.
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)
