@@ -43,13 +43,17 @@ Flags:
 `
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		stop()
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
+// run runs the sidecar until ctx ends, then drains.
+func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	policy := fs.String("policy", "", "name of the TokenPolicy to enforce (Kubernetes mode)")
@@ -91,8 +95,6 @@ func run(args []string) error {
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	srcCtx, stopSources := context.WithCancel(context.Background())
 	defer stopSources()
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -17,15 +19,26 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 )
 
-// probeInterval is how often a stale source is probed with a plain GET.
-const probeInterval = 2 * time.Second
-
 // namedInformer returns an informer on the one object ns/name of a resource
 // ("secrets", "configmaps"): list and watch use a metadata.name field
-// selector, so RBAC can grant get/list/watch with resourceNames.
-func namedInformer(client kubernetes.Interface, resource, ns, name string, obj runtime.Object) cache.SharedIndexInformer {
+// selector, so RBAC can grant get/list/watch with resourceNames. Every list
+// and watch call reports its outcome to health, which is how an unreachable
+// API server is noticed (client-go retries refused watches silently).
+func namedInformer(client kubernetes.Interface, resource, ns, name string, obj runtime.Object, health func(error)) cache.SharedIndexInformer {
 	lw := cache.NewListWatchFromClient(client.CoreV1().RESTClient(), resource, ns, fields.OneTermEqualSelector("metadata.name", name))
-	return cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
+	observed := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			out, err := lw.ListWithContextFunc(ctx, o)
+			health(err)
+			return out, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			out, err := lw.WatchFuncWithContext(ctx, o)
+			health(err)
+			return out, err
+		},
+	}
+	return cache.NewSharedIndexInformer(observed, obj, 0, cache.Indexers{})
 }
 
 // Kubernetes watches the bundle Secret and the revocations ConfigMap of one
@@ -38,20 +51,47 @@ type Kubernetes struct {
 	Store     *Store
 	Revoked   *revocation.Set
 	Log       *slog.Logger
+
+	mu     sync.Mutex
+	health map[string]error
+}
+
+// report records the outcome of one list or watch call of what and passes
+// the combined health to the Store.
+func (k *Kubernetes) report(what string, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.health == nil {
+		k.health = map[string]error{}
+	}
+	prev := k.health[what]
+	k.health[what] = err
+	if err != nil && prev == nil {
+		k.Log.Warn("Lost contact with the API server; serving the last good state", "object", what, "error", err)
+	} else if err == nil && prev != nil {
+		k.Log.Info("Regained contact with the API server", "object", what)
+	}
+	var combined error
+	for w, e := range k.health {
+		if e != nil {
+			combined = fmt.Errorf("%s: %w", w, e)
+			break
+		}
+	}
+	k.Store.SetSourceHealth(combined)
 }
 
 // Run watches until ctx ends.
 func (k *Kubernetes) Run(ctx context.Context) error {
 	secretName := bundle.SecretName(k.Policy)
 	cmName := bundle.RevocationsConfigMapName(k.Policy)
-	si := namedInformer(k.Client, "secrets", k.Namespace, secretName, &corev1.Secret{})
-	ci := namedInformer(k.Client, "configmaps", k.Namespace, cmName, &corev1.ConfigMap{})
+	si := namedInformer(k.Client, "secrets", k.Namespace, secretName, &corev1.Secret{}, func(err error) { k.report("Secret "+secretName, err) })
+	ci := namedInformer(k.Client, "configmaps", k.Namespace, cmName, &corev1.ConfigMap{}, func(err error) { k.report("ConfigMap "+cmName, err) })
 	onSecret := func(obj any) {
 		s, ok := obj.(*corev1.Secret)
 		if !ok || s.Name != secretName {
 			return
 		}
-		k.Store.SetSourceHealth(nil)
 		k.applySecret(s)
 	}
 	onCM := func(obj any) {
@@ -77,10 +117,7 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		return err
 	}
 	watchErr := func(what string) cache.WatchErrorHandlerWithContext {
-		return func(_ context.Context, _ *cache.Reflector, err error) {
-			k.Store.SetSourceHealth(fmt.Errorf("watch %s: %w", what, err))
-			k.Log.Warn("Lost the watch; serving the last good state", "object", what, "error", err)
-		}
+		return func(_ context.Context, _ *cache.Reflector, err error) { k.report(what, err) }
 	}
 	_ = si.SetWatchErrorHandlerWithContext(watchErr("Secret " + secretName))
 	_ = ci.SetWatchErrorHandlerWithContext(watchErr("ConfigMap " + cmName))
@@ -102,15 +139,25 @@ func (k *Kubernetes) applySecret(s *corev1.Secret) {
 		k.Log.Error("Bundle Secret has no bundle; the last good one stays in force", "secret", s.Name, "key", bundle.SecretDataKey)
 		return
 	}
+	prev := k.Store.Load()
 	rt, err := k.Store.Update(data)
 	if err != nil {
 		k.Log.Error("Rejected bundle; the last good one stays in force", "secret", s.Name, "error", err)
 		return
 	}
+	if rt == prev {
+		return
+	}
 	k.Log.Info("Loaded bundle", "secret", s.Name, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
 }
 
-// probe catches up after an outage even when the watch resumes silently.
+// probeInterval is how often, while a watch is failing, the objects are
+// read with a plain GET.
+const probeInterval = time.Second
+
+// probe catches up as soon as the API server is back: client-go backs off a
+// refused watch for up to a minute, so while a watch is failing the objects
+// are read with GET every probeInterval and applied.
 func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
@@ -120,22 +167,27 @@ func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 			return
 		case <-t.C:
 		}
-		if k.Store.Status().Stale == nil && k.Store.Load() != nil {
+		k.mu.Lock()
+		broken := false
+		for _, e := range k.health {
+			broken = broken || e != nil
+		}
+		k.mu.Unlock()
+		if !broken {
 			continue
 		}
 		gctx, cancel := context.WithTimeout(ctx, probeInterval)
 		s, err := k.Client.CoreV1().Secrets(k.Namespace).Get(gctx, secretName, metav1.GetOptions{})
+		var cm *corev1.ConfigMap
 		if err == nil {
-			var cm *corev1.ConfigMap
 			cm, err = k.Client.CoreV1().ConfigMaps(k.Namespace).Get(gctx, cmName, metav1.GetOptions{})
-			if err == nil {
-				k.Revoked.Replace(revocation.Parse(cm.Data))
-				k.applySecret(s)
-			}
 		}
 		cancel()
-		if err == nil {
-			k.Store.SetSourceHealth(nil)
+		if err != nil {
+			continue
 		}
+		k.Revoked.Replace(revocation.Parse(cm.Data))
+		k.applySecret(s)
+		k.Store.SetSourceHealth(nil)
 	}
 }
