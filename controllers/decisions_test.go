@@ -1,0 +1,215 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+func keyAt(name string, created time.Time, opts ...func(*keygatev1.ApiKey)) keygatev1.ApiKey {
+	k := newApiKey("ns", name, "p", opts...)
+	k.CreationTimestamp = metav1.Time{Time: created}
+	return *k
+}
+
+func TestAdmit(t *testing.T) {
+	disabled := func(k *keygatev1.ApiKey) { k.Spec.Disabled = true }
+	policy := newPolicy("ns", "p", withMaxApiKeys(2))
+	tests := []struct {
+		name   string
+		keys   []keygatev1.ApiKey
+		policy *keygatev1.TokenPolicy
+		want   map[string]string
+	}{
+		{"oldest accepted, newest refused",
+			[]keygatev1.ApiKey{keyAt("c", t0.Add(2*time.Second)), keyAt("a", t0), keyAt("b", t0.Add(time.Second))}, policy,
+			map[string]string{"a": "Ready", "b": "Ready", "c": "LimitExceeded"}},
+		{"same creation second: by name",
+			[]keygatev1.ApiKey{keyAt("z", t0), keyAt("y", t0), keyAt("x", t0)}, policy,
+			map[string]string{"x": "Ready", "y": "Ready", "z": "LimitExceeded"}},
+		{"disabled and expired keys take no place",
+			[]keygatev1.ApiKey{keyAt("a", t0, disabled), keyAt("b", t0, withExpiry(t0)), keyAt("c", t0), keyAt("d", t0), keyAt("e", t0)}, policy,
+			map[string]string{"a": "Disabled", "b": "Expired", "c": "Ready", "d": "Ready", "e": "LimitExceeded"}},
+		{"no policy", []keygatev1.ApiKey{keyAt("a", t0), keyAt("b", t0, disabled)}, nil,
+			map[string]string{"a": "PolicyNotFound", "b": "Disabled"}},
+		{"not yet expired", []keygatev1.ApiKey{keyAt("a", t0, withExpiry(t0.Add(time.Second)))}, policy,
+			map[string]string{"a": "Ready"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := admit(tt.keys, tt.policy, t0)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d verdicts, want %d", len(got), len(tt.want))
+			}
+			for name, reason := range tt.want {
+				v := got[name]
+				if v.Reason != reason || v.Ready != (reason == "Ready") || v.Message == "" {
+					t.Errorf("%s: got %+v, want reason %s", name, v, reason)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideRotation(t *testing.T) {
+	intact := &credentials{KeyID: "apk-x", Secret: "s", Version: 3, RotatedAt: t0, Intact: true}
+	withAnnotation := func(v string) func(*keygatev1.ApiKey) {
+		return func(k *keygatev1.ApiKey) { k.Annotations = map[string]string{keygatev1.AnnotationRotate: v} }
+	}
+	issued := func(k *keygatev1.ApiKey) { k.Status.KeyID, k.Status.SecretVersion = "apk-x", 3 }
+	tests := []struct {
+		name string
+		key  *keygatev1.ApiKey
+		cur  *credentials
+		now  time.Time
+		want rotationTrigger
+	}{
+		{"new key", newApiKey("ns", "k", "p"), nil, t0, triggerInitial},
+		{"new key with a rotate annotation is not rotated twice", newApiKey("ns", "k", "p", withAnnotation("1")), nil, t0, triggerInitial},
+		{"Secret deleted", newApiKey("ns", "k", "p", issued), nil, t0, triggerReplaced},
+		{"Secret edited", newApiKey("ns", "k", "p", issued), &credentials{Version: 3}, t0, triggerReplaced},
+		{"nothing to do", newApiKey("ns", "k", "p", issued), intact, t0.Add(1000 * time.Hour), triggerNone},
+		{"new annotation value", newApiKey("ns", "k", "p", issued, withAnnotation("2")), intact, t0, triggerManual},
+		{"annotation value already handled (Secret record)", newApiKey("ns", "k", "p", issued, withAnnotation("2")),
+			&credentials{KeyID: "apk-x", Secret: "s", Version: 3, RotatedAt: t0, Intact: true, RotateHandled: "2"}, t0, triggerNone},
+		{"interval not yet over", newApiKey("ns", "k", "p", issued, withRotation(time.Hour, 0)), intact, t0.Add(59 * time.Minute), triggerNone},
+		{"interval over", newApiKey("ns", "k", "p", issued, withRotation(time.Hour, 0)), intact, t0.Add(time.Hour), triggerScheduled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := decideRotation(tt.key, tt.cur, tt.now); got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestGracePeriod(t *testing.T) {
+	if g := gracePeriod(newApiKey("ns", "k", "p")); g != 24*time.Hour {
+		t.Errorf("default grace %v, want 24h", g)
+	}
+	if g := gracePeriod(newApiKey("ns", "k", "p", withRotation(0, 0))); g != 0 {
+		t.Errorf("grace %v, want 0", g)
+	}
+}
+
+func TestRequeueAt(t *testing.T) {
+	if d := requeueAt(t0, time.Time{}, t0.Add(-time.Hour), t0.Add(2*time.Hour), t0.Add(time.Hour)); d != time.Hour {
+		t.Errorf("got %v, want 1h (soonest future time)", d)
+	}
+	if d := requeueAt(t0, t0, time.Time{}); d != 0 {
+		t.Errorf("got %v, want 0 (nothing in the future)", d)
+	}
+}
+
+func TestCredentialsRoundTrip(t *testing.T) {
+	id, err := newKeyID()
+	if err != nil || !keyIDPattern.MatchString(id) {
+		t.Fatalf("key ID %q, %v", id, err)
+	}
+	secret, err := newSecret()
+	if err != nil || !secretPattern.MatchString(secret) {
+		t.Fatalf("secret of %d chars, %v", len(secret), err)
+	}
+	c := credentials{KeyID: id, Secret: secret, Version: 2, RotatedAt: t0, RotateHandled: "x", Intact: true,
+		Previous: &previousSecret{Digest: bundle.Digest([]byte("k"), "old"), Version: 1, ExpiresAt: t0.Add(time.Hour)}}
+	s := &corev1.Secret{}
+	writeCredentials(s, c)
+	if got := readCredentials(s); !got.Intact || got.KeyID != id || got.Secret != secret || got.Version != 2 ||
+		!got.RotatedAt.Equal(t0) || got.RotateHandled != "x" || got.Previous == nil || !got.Previous.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	for _, v := range s.Annotations {
+		if v == secret {
+			t.Fatal("an annotation holds the secret")
+		}
+	}
+	s.Data[CredentialsSecret] = []byte(secret[1:] + "A")
+	if readCredentials(s).Intact {
+		t.Fatal("an edited secret reads as intact")
+	}
+}
+
+func TestRandomAlphanumericIsUniform(t *testing.T) {
+	counts := map[rune]int{}
+	for range 200 {
+		s, err := randomAlphanumeric(62)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range s {
+			counts[r]++
+		}
+	}
+	if len(counts) != 62 {
+		t.Fatalf("%d distinct characters, want 62", len(counts))
+	}
+	for r, n := range counts { // expected 200 each
+		if n < 120 || n > 300 {
+			t.Errorf("character %q drawn %d times of an expected 200", r, n)
+		}
+	}
+}
+
+func TestNextSigning(t *testing.T) {
+	p := newPolicy("ns", "p", withSigning(keygatev1.EdDSA, time.Hour, 10*time.Minute))
+	st, rotated, err := nextSigning(p, signingState{}, t0)
+	if err != nil || !rotated || len(st.Keys) != 1 || len(st.HashKey) != hashKeyLength {
+		t.Fatalf("first key: %v %v %+v", err, rotated, st)
+	}
+	same, rotated, _ := nextSigning(p, st, t0.Add(59*time.Minute))
+	if rotated || len(same.Keys) != 1 || string(same.HashKey) != string(st.HashKey) {
+		t.Fatal("rotated before the interval ended or changed the hash key")
+	}
+	next, rotated, _ := nextSigning(p, st, t0.Add(time.Hour))
+	if !rotated || len(next.Keys) != 2 || next.Keys[1].KeyID != st.Keys[0].KeyID {
+		t.Fatalf("rotation: %+v", next.Keys)
+	}
+	if ret := *next.Keys[1].RetiresAt; ret.Before(t0.Add(time.Hour + 10*time.Minute)) {
+		t.Fatalf("previous key retires at %v, before its last token expires", ret)
+	}
+	if got := requeueAt(t0.Add(time.Hour), nextSigningEvent(p, next)...); got > 11*time.Minute || got < 10*time.Minute {
+		t.Fatalf("next wake-up in %v, want the retirement in ~10m", got)
+	}
+	later, _, _ := nextSigning(p, next, t0.Add(time.Hour+11*time.Minute))
+	if len(later.Keys) != 1 {
+		t.Fatalf("retired key kept: %d keys", len(later.Keys))
+	}
+	p.Spec.Signing.Algorithm = keygatev1.RS256
+	alg, rotated, _ := nextSigning(p, later, t0.Add(time.Hour+12*time.Minute))
+	if !rotated || alg.Keys[0].Algorithm != bundle.AlgRS256 {
+		t.Fatal("an algorithm change did not rotate")
+	}
+}
+
+func TestPruneRevocations(t *testing.T) {
+	data := map[string]string{
+		"gone":  t0.Add(-time.Second).Format(time.RFC3339),
+		"now":   t0.Format(time.RFC3339),
+		"later": t0.Add(time.Hour).Format(time.RFC3339),
+		"soon":  t0.Add(time.Minute).Format(time.RFC3339),
+		"bad":   "not a time",
+	}
+	kept, next := pruneRevocations(data, t0)
+	if len(kept) != 3 || kept["later"] == "" || kept["soon"] == "" || kept["bad"] == "" {
+		t.Fatalf("kept %v", kept)
+	}
+	if !next.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("next expiry %v, want %v", next, t0.Add(time.Minute))
+	}
+}
+
+func TestResolvePolicyDefaults(t *testing.T) {
+	p := resolvePolicy(newPolicy("ns", "p"))
+	if p.TokenTTLSeconds != 3600 || p.ClientTokenTTLSeconds != 900 || !p.Basic || p.DefaultAction != "Deny" ||
+		len(p.BearerSchemes) != 1 || len(p.Grants) != 3 || len(p.TokenPaths) != 3 || len(p.PublicPaths) != 1 {
+		t.Fatalf("defaults not applied: %+v", p)
+	}
+}
