@@ -22,13 +22,14 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(ctrl.SetupSignalHandler()); err != nil {
 		fmt.Fprintln(os.Stderr, "keygate manager:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run parses the flags, builds the manager and runs it until ctx ends.
+func run(ctx context.Context) error {
 	var (
 		metricsAddr, probeAddr, namespaces string
 		leaderElect                        bool
@@ -70,7 +71,6 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	ctx := ctrl.SetupSignalHandler()
 	if err := controllers.SetupWithManager(ctx, mgr, controllers.Options{}); err != nil {
 		return err
 	}
