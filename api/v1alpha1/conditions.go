@@ -24,6 +24,8 @@ const (
 	ReasonSigningRotated  = "SigningKeyRotated"
 	ReasonProgressing     = "Progressing"
 	ReasonReconcileFailed = "ReconcileFailed"
+	// ReasonBundleTooLarge: a TokenPolicy's bundle would not fit in a Secret (1 MiB).
+	ReasonBundleTooLarge = "BundleTooLarge"
 )
 
 // Labels and annotations.

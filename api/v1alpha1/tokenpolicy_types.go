@@ -276,7 +276,3 @@ type TokenPolicyList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []TokenPolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&TokenPolicy{}, &TokenPolicyList{})
-}
