@@ -88,7 +88,7 @@ const (
 type rule struct {
 	methods  map[string]bool // nil = every method
 	exact    map[string]bool
-	prefixes []string // "/charges/" for "/charges/*"
+	prefixes []string // "/charges/" for "/charges/*" (matches "/charges/" and below)
 	perm     string
 }
 
@@ -139,7 +139,7 @@ func (rs *Rules) Match(method, path string) (perm string, ok bool) {
 			return r.perm, true
 		}
 		for _, p := range r.prefixes {
-			if len(path) > len(p) && strings.HasPrefix(path, p) || p == "/" && strings.HasPrefix(path, "/") {
+			if strings.HasPrefix(path, p) {
 				return r.perm, true
 			}
 		}

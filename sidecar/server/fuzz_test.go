@@ -1,0 +1,36 @@
+package server
+
+import (
+	"testing"
+)
+
+func FuzzParseTokenRequest(f *testing.F) {
+	for _, s := range []struct{ ct, body string }{
+		{"application/json", `{"apiKey":"apk-1","secret":"s"}`},
+		{"application/json", `{"clientKey":"acme"}`},
+		{"application/json", `{"action":"revoke","access_token":"a.b.c"}`},
+		{"application/json", `{"grant_type":"password","username":"u","password":"p"}`},
+		{"application/json", `{"grant_type":"client_credentials","scope":"a:B c:D","allowedCIDRs":["10.0.0.0/8"]}`},
+		{"application/json", `{"allowedCIDRs":"10.0.0.0/8, 192.168.0.0/16"}`},
+		{"application/json; charset=utf-8", `{} {}`},
+		{"application/x-www-form-urlencoded", "grant_type=password&username=apiuser1&password=mypass1"},
+		{"application/x-www-form-urlencoded", "grant_type=client_credentials&client_id=a&client_id=b"},
+		{"application/x-www-form-urlencoded", "token=%zz"},
+		{"text/plain", "x"},
+		{"", ""},
+	} {
+		f.Add(s.ct, s.body)
+	}
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		tr, err := ParseTokenRequest(ct, []byte(body))
+		if err != nil {
+			if _, ok := err.(*oauthError); !ok {
+				t.Fatalf("error of type %T", err)
+			}
+			return
+		}
+		if tr == nil {
+			t.Fatal("nil request without error")
+		}
+	})
+}

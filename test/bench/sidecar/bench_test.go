@@ -1,0 +1,341 @@
+// Package sidecar benchmarks the keygate sidecar over loopback against the
+// upstream directly and a plain httputil.ReverseProxy, measures token
+// issuance in process and over HTTP, and the sidecar's RSS. It prints
+// figures (b.ReportMetric) and asserts no timings.
+package sidecar
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/server"
+	"github.com/keygate-dev/keygate/sidecar/token"
+)
+
+// workers is the number of concurrent client connections of the load.
+const workers = 8
+
+// plainRPS is the plain reverse proxy's last throughput, the ratios' base.
+var (
+	plainMu  sync.Mutex
+	plainRPS float64
+	plainP99 time.Duration
+)
+
+func upstream(b *testing.B) *httptest.Server {
+	body := []byte(`{"ok":true}`)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	b.Cleanup(up.Close)
+	return up
+}
+
+func fixture(alg string) *bundletest.Fixture {
+	f := bundletest.New(alg)
+	f.Bundle.Policy.APIKeyHeader = "X-Api-Key"
+	f.Bundle.Policy.Rules = []bundle.Rule{{Methods: []string{"GET"}, Paths: []string{"/charges", "/charges/*"}, Permission: "charges:List"}}
+	for i := 0; i < 40; i++ {
+		f.AddKey(fmt.Sprintf("apk-%02d", i), []string{"charges:List", "reports:All"})
+	}
+	return f
+}
+
+func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server) *httptest.Server {
+	store := &config.Store{}
+	if _, err := store.Update(f.JSON()); err != nil {
+		b.Fatal(err)
+	}
+	u, _ := url.Parse(up.URL)
+	srv := server.New(server.Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler), Metrics: server.NewMetrics(store)})
+	front := httptest.NewServer(srv.Handler())
+	b.Cleanup(front.Close)
+	return front
+}
+
+func client() *http.Client {
+	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers * 2, MaxIdleConns: workers * 2, DisableCompression: true}}
+}
+
+// load sends n GET requests from workers goroutines and returns req/s and
+// latency percentiles.
+func load(b *testing.B, target string, n int, header ...string) (rps float64, p50, p99 time.Duration) {
+	c := client()
+	defer c.CloseIdleConnections()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", target, nil)
+			for i := 0; i+1 < len(header); i += 2 {
+				req.Header.Set(header[i], header[i+1])
+			}
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d of %d requests failed", f, n)
+	}
+	slices.Sort(lat)
+	return float64(n) / el.Seconds(), lat[n/2], lat[n*99/100]
+}
+
+func report(b *testing.B, rps float64, p50, p99 time.Duration, isPlain bool) {
+	b.ReportMetric(rps, "req/s")
+	b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+	plainMu.Lock()
+	defer plainMu.Unlock()
+	if isPlain {
+		plainRPS, plainP99 = rps, p99
+		return
+	}
+	if plainRPS > 0 {
+		b.ReportMetric(rps/plainRPS, "x-plain-proxy")
+		b.ReportMetric(float64((p99 - plainP99).Microseconds()), "p99-added-µs")
+	}
+}
+
+func basicAuth(u, p string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p))
+}
+
+// BenchmarkProxy measures a small GET through each path. Each run sends
+// b.N requests (bounded by -benchtime).
+func BenchmarkProxy(b *testing.B) {
+	up := upstream(b)
+	u, _ := url.Parse(up.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() }, Transport: server.NewTransport()}
+	plain := httptest.NewServer(rp)
+	b.Cleanup(plain.Close)
+	run := func(name, target string, isPlain bool, header ...string) {
+		b.Run(name, func(b *testing.B) {
+			n := max(b.N, workers)
+			load(b, target, min(n, 2000), header...) // warm connections and caches
+			b.ResetTimer()
+			rps, p50, p99 := load(b, target, n, header...)
+			b.StopTimer()
+			report(b, rps, p50, p99, isPlain)
+		})
+	}
+	run("upstream-direct", up.URL+"/charges", false)
+	run("plain-reverse-proxy", plain.URL+"/charges", true)
+	f := fixture(bundle.AlgEdDSA)
+	front := sidecarServer(b, f, up)
+	run("sidecar-basic", front.URL+"/charges", false, "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
+	run("sidecar-apikey-header", front.URL+"/charges", false, "X-Api-Key", "apk-07:"+f.Secrets["apk-07"])
+	for _, alg := range []string{bundle.AlgEdDSA, bundle.AlgES256, bundle.AlgRS256, bundle.AlgHS256} {
+		f := fixture(alg)
+		front := sidecarServer(b, f, up)
+		tok := issueHTTP(b, front.URL, "apk-07", f.Secrets["apk-07"])
+		run("sidecar-bearer-"+alg, front.URL+"/charges", false, "Authorization", "Bearer "+tok)
+	}
+}
+
+func issueHTTP(b *testing.B, base, key, secret string) string {
+	resp, err := http.Post(base+"/api/token", "application/json", strings.NewReader(`{"apiKey":"`+key+`","secret":"`+secret+`"}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 201 {
+		b.Fatalf("token: %d %v", resp.StatusCode, err)
+	}
+	return out.AccessToken
+}
+
+// BenchmarkIssue is in-process token issuance on one goroutine (one core).
+func BenchmarkIssue(b *testing.B) {
+	for _, alg := range []string{bundle.AlgEdDSA, bundle.AlgES256, bundle.AlgRS256, bundle.AlgHS256} {
+		b.Run(alg, func(b *testing.B) {
+			f := fixture(alg)
+			rt, err := config.Compile(f.JSON())
+			if err != nil {
+				b.Fatal(err)
+			}
+			spec := token.Spec{Subject: "apk-07", Perms: []string{"charges:List", "reports:All"}, TTL: time.Hour}
+			now := time.Now()
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := rt.Keyset.Issue(spec, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tokens/s")
+		})
+	}
+}
+
+// BenchmarkVerify is a full (uncached) verification per algorithm.
+func BenchmarkVerify(b *testing.B) {
+	for _, alg := range []string{bundle.AlgEdDSA, bundle.AlgES256, bundle.AlgRS256, bundle.AlgHS256} {
+		b.Run(alg, func(b *testing.B) {
+			rt, err := config.Compile(fixture(alg).JSON())
+			if err != nil {
+				b.Fatal(err)
+			}
+			raw, _, _ := rt.Keyset.Issue(token.Spec{Subject: "apk-07", TTL: time.Hour}, time.Now())
+			now := time.Now()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := rt.Keyset.Verify(raw, now); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIssueHTTP is POST /api/token over loopback, sequential.
+func BenchmarkIssueHTTP(b *testing.B) {
+	up := upstream(b)
+	for _, alg := range []string{bundle.AlgEdDSA, bundle.AlgHS256} {
+		b.Run(alg, func(b *testing.B) {
+			f := fixture(alg)
+			front := sidecarServer(b, f, up)
+			body := `{"apiKey":"apk-07","secret":"` + f.Secrets["apk-07"] + `"}`
+			c := client()
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				resp, err := c.Post(front.URL+"/api/token", "application/json", strings.NewReader(body))
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 201 {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tokens/s")
+		})
+	}
+}
+
+// BenchmarkRSS runs the sidecar binary in file mode and reports its resident
+// memory idle and after a bounded load.
+func BenchmarkRSS(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "sidecar")
+	build := exec.Command("go", "build", "-o", bin, "github.com/keygate-dev/keygate/cmd/sidecar")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		b.Fatal(err)
+	}
+	f := fixture(bundle.AlgEdDSA)
+	bf := filepath.Join(dir, "bundle.json")
+	if err := f.WriteFile(bf); err != nil {
+		b.Fatal(err)
+	}
+	up := upstream(b)
+	port, admin := freePort(b), freePort(b)
+	upPort := up.Listener.Addr().(*net.TCPAddr).Port
+	cmd := exec.Command(bin, "--bundle-file", bf, "--upstream-port", strconv.Itoa(upPort), "--port", strconv.Itoa(port),
+		"--admin-port", strconv.Itoa(admin), "--bind-address", "127.0.0.1", "--log-level", "error")
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", admin))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Since(started) > 10*time.Second {
+			b.Fatal("sidecar not ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.ReportMetric(float64(time.Since(started).Milliseconds()), "startup-ms")
+	time.Sleep(200 * time.Millisecond)
+	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "idle-RSS-MiB")
+	target := fmt.Sprintf("http://127.0.0.1:%d/charges", port)
+	for i := 0; i < b.N; i++ {
+		load(b, target, 20000, "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
+	}
+	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "load-RSS-MiB")
+}
+
+func rssMiB(b *testing.B, pid int) float64 {
+	fh, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return float64(kb) / 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func freePort(b *testing.B) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
