@@ -62,6 +62,8 @@ type Options struct {
 	CertOptions func(*webhookcert.Options)
 
 	holder *webhookcert.Holder
+	// serverMade records that WebhookServer was called.
+	serverMade bool
 	// observe, when set, sees every admission and its result (tests).
 	observe func(req admission.Request, result string)
 }
@@ -115,6 +117,7 @@ func (o *Options) setDefaults() {
 // serves the certificate the rotator keeps, reloading it the moment it changes.
 func (o *Options) WebhookServer() webhook.Server {
 	o.setDefaults()
+	o.serverMade = true
 	opts := webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}
 	if o.CertMode == webhookcert.ModeSelfSigned {
 		opts.TLSOpts = append(opts.TLSOpts, o.holder.TLSOpt)

@@ -6,6 +6,7 @@
 package podinject
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -29,6 +30,9 @@ const ReadyzCheckName = "webhook"
 // webhook server runs with a valid certificate.
 func Setup(mgr ctrl.Manager, opts *Options) error {
 	opts.setDefaults()
+	if opts.CertMode == webhookcert.ModeSelfSigned && !opts.serverMade {
+		return errors.New("injection: create the manager with ctrl.Options{WebhookServer: opts.WebhookServer()} so that it serves the rotated certificate")
+	}
 	cfg, err := opts.config()
 	if err != nil {
 		return fmt.Errorf("injection options: %w", err)
