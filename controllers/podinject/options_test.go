@@ -8,6 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
+	ctrl "sigs.k8s.io/controller-runtime"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
 func TestOptionsDefaults(t *testing.T) {
@@ -47,6 +49,17 @@ func TestOptionsFlags(t *testing.T) {
 	}
 	if !opts.excludedNamespaces()["security"] || !opts.excludedNamespaces()["kube-system"] || !opts.excludedNamespaces()["kube-public"] {
 		t.Errorf("excluded namespaces = %v", opts.excludedNamespaces())
+	}
+}
+
+func TestSetupNeedsTheWebhookServer(t *testing.T) {
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Setup(mgr, &Options{})
+	if err == nil || !strings.Contains(err.Error(), "WebhookServer: opts.WebhookServer()") {
+		t.Errorf("Setup = %v, want the WebhookServer error", err)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -38,6 +39,7 @@ const (
 const operatorNamespace = "keygate-system"
 
 var (
+	restConfig *rest.Config
 	k8sClient  client.Client
 	injectOpts *Options
 	admissions = &admissionLog{seen: map[string][]string{}}
@@ -112,6 +114,7 @@ func runSuite(m *testing.M) (code int) {
 	}
 	cfg, err := env.Start()
 	must(err)
+	restConfig = cfg
 	defer func() { must(env.Stop()) }()
 
 	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
