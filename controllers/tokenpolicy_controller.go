@@ -18,11 +18,18 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
+
+// maxBundleBytes is the largest bundle written: a Secret holds at most 1 MiB
+// in all, and the object's metadata needs a little of it.
+var maxBundleBytes = 1<<20 - 16<<10 // a variable so that a test can lower it
+
+var errBundleTooLarge = errors.New("bundle exceeds the Secret size limit")
 
 // TokenPolicyReconciler keeps a TokenPolicy's signing keys, revocations
 // ConfigMap and bundle Secret current.
@@ -61,11 +68,14 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	before := policy.DeepCopy()
 	patch := client.MergeFrom(before)
 	defer func() {
-		if err != nil {
+		switch {
+		case errors.Is(err, reconcile.TerminalError(nil)):
+			policy.Status.ObservedGeneration = policy.Generation // the phase set the conditions
+		case err != nil:
 			meta.SetStatusCondition(&policy.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady,
 				Status: metav1.ConditionFalse, Reason: keygatev1.ReasonReconcileFailed,
-				Message: "The bundle could not be updated; the operator retries.", ObservedGeneration: policy.Generation})
-		} else {
+				Message: "The bundle could not be updated; the operator retries (see its log).", ObservedGeneration: policy.Generation})
+		default:
 			policy.Status.ObservedGeneration = policy.Generation
 		}
 		if equality.Semantic.DeepEqual(before.Status, policy.Status) {
@@ -267,6 +277,20 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 		return ctrl.Result{}, fmt.Errorf("encode bundle: %w", err)
 	}
 	name := bundle.SecretName(p.Name)
+	if len(data) > maxBundleBytes {
+		msg := fmt.Sprintf("The bundle of %d ApiKeys is %d KiB, over what a Secret holds (1 MiB); lower spec.maxApiKeys or split the keys over more TokenPolicies.",
+			len(b.Keys), len(data)/1024)
+		for _, c := range []metav1.Condition{
+			{Type: keygatev1.ConditionReady, Status: metav1.ConditionFalse, Reason: keygatev1.ReasonBundleTooLarge, Message: msg},
+			{Type: keygatev1.ConditionStalled, Status: metav1.ConditionTrue, Reason: keygatev1.ReasonBundleTooLarge, Message: msg},
+		} {
+			c.ObservedGeneration = p.Generation
+			meta.SetStatusCondition(&p.Status.Conditions, c)
+		}
+		r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, keygatev1.ReasonBundleTooLarge, "Reconcile", "%s", msg)
+		return ctrl.Result{}, reconcile.TerminalError(errBundleTooLarge)
+	}
+	meta.RemoveStatusCondition(&p.Status.Conditions, keygatev1.ConditionStalled)
 	if err := r.writeBundle(ctx, p, name, data); err != nil {
 		return ctrl.Result{}, err
 	}

@@ -179,6 +179,7 @@ func runScenario(b *testing.B, cfg *rest.Config, scheme *runtime.Scheme, c clien
 	fmt.Printf("  all %d in the bundle after         %v (target ≤ 30s)\n", numKeys, bundled.Round(time.Millisecond))
 	fmt.Printf("  all %d Ready after                 %v (target ≤ 30s)\n", numKeys, allReady.Round(time.Millisecond))
 	fmt.Printf("  ApiKey change → bundle, %d samples: p50 %v, p99 %v (target p99 ≤ 1s)\n", numSamples, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+	fmt.Printf("  bundle Secret size with %d keys: %d KiB\n", numKeys, len(raw)/1024)
 	fmt.Printf("  peak RSS of the process (manager + benchmark client, VmHWM): %.1f MiB (target ≤ 150 MiB)\n", rss)
 }
 
