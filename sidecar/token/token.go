@@ -56,7 +56,7 @@ type verifyKey struct {
 type Keyset struct {
 	kid    string
 	alg    jose.SignatureAlgorithm
-	signer jose.Signer
+	signer *compactSigner
 	verify map[string]verifyKey
 	algs   []jose.SignatureAlgorithm
 	issuer string
@@ -99,8 +99,7 @@ func NewKeyset(keys []bundle.SigningKey, issuer, audience string) (*Keyset, erro
 			ks.algs = append(ks.algs, alg)
 		}
 		if i == 0 {
-			opts := (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), k.KeyID)
-			s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: priv}, opts)
+			s, err := newCompactSigner(k.Algorithm, k.KeyID, priv)
 			if err != nil {
 				return nil, fmt.Errorf("signer for key %s: %w", k.KeyID, err)
 			}
@@ -136,6 +135,13 @@ func NewID() string {
 // Issue signs a new token and returns it with its claims.
 func (ks *Keyset) Issue(s Spec, now time.Time) (string, *Claims, error) {
 	now = now.Truncate(time.Second)
+	exp := now.Add(s.TTL)
+	id := NewID()
+	raw, err := ks.signer.serialize(&wireClaims{Iss: ks.issuer, Sub: s.Subject, Aud: []string{ks.aud},
+		Exp: exp.Unix(), Nbf: now.Unix(), Iat: now.Unix(), Jti: id, Client: s.Client, Perms: s.Perms, CIDRs: s.CIDRs})
+	if err != nil {
+		return "", nil, fmt.Errorf("sign token: %w", err)
+	}
 	c := &Claims{
 		Claims: jwt.Claims{
 			Issuer:    ks.issuer,
@@ -143,16 +149,12 @@ func (ks *Keyset) Issue(s Spec, now time.Time) (string, *Claims, error) {
 			Subject:   s.Subject,
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now),
-			Expiry:    jwt.NewNumericDate(now.Add(s.TTL)),
-			ID:        NewID(),
+			Expiry:    jwt.NewNumericDate(exp),
+			ID:        id,
 		},
 		Client: s.Client,
 		Perms:  s.Perms,
 		CIDRs:  s.CIDRs,
-	}
-	raw, err := jwt.Signed(ks.signer).Claims(c).Serialize()
-	if err != nil {
-		return "", nil, fmt.Errorf("sign token: %w", err)
 	}
 	return raw, c, nil
 }
