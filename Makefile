@@ -75,3 +75,7 @@ $(HELM):
 .PHONY: bench-operator
 bench-operator: envtest ## Benchmark the operator: 1,000 ApiKeys on envtest; prints time to Ready, change→bundle p50/p99, peak RSS.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkOperator -benchtime=1x -count=1 -timeout=10m ./test/bench/operator
+
+.PHONY: bench-sidecar
+bench-sidecar: ## Benchmark the sidecar: req/s, p50/p99 and ratio to a plain reverse proxy; token issuance; RSS.
+	go test -run='^$$' -bench=. -benchmem -benchtime=20000x -count=1 -timeout=20m ./test/bench/sidecar
