@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -120,7 +119,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		cfg.UserAgent = "keygate-sidecar"
-		client, err := kubernetes.NewForConfig(cfg)
+		client, err := config.NewCoreClient(cfg)
 		if err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/keygate-dev/keygate/api/bundle"
@@ -24,8 +24,8 @@ import (
 // selector, so RBAC can grant get/list/watch with resourceNames. Every list
 // and watch call reports its outcome to health, which is how an unreachable
 // API server is noticed (client-go retries refused watches silently).
-func namedInformer(client kubernetes.Interface, resource, ns, name string, obj runtime.Object, health func(error)) cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(client.CoreV1().RESTClient(), resource, ns, fields.OneTermEqualSelector("metadata.name", name))
+func namedInformer(client rest.Interface, resource, ns, name string, obj runtime.Object, health func(error)) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(client, resource, ns, fields.OneTermEqualSelector("metadata.name", name))
 	observed := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			out, err := lw.ListWithContextFunc(ctx, o)
@@ -45,7 +45,8 @@ func namedInformer(client kubernetes.Interface, resource, ns, name string, obj r
 // policy. If the API server goes away the last good state stays in force
 // (fail static) and Store reports the source stale until it returns.
 type Kubernetes struct {
-	Client    kubernetes.Interface
+	// Client is a core/v1 REST client (NewCoreClient).
+	Client    rest.Interface
 	Namespace string
 	Policy    string
 	Store     *Store
@@ -177,10 +178,10 @@ func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 			continue
 		}
 		gctx, cancel := context.WithTimeout(ctx, probeInterval)
-		s, err := k.Client.CoreV1().Secrets(k.Namespace).Get(gctx, secretName, metav1.GetOptions{})
-		var cm *corev1.ConfigMap
+		s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
+		err := k.Client.Get().Namespace(k.Namespace).Resource("secrets").Name(secretName).Do(gctx).Into(s)
 		if err == nil {
-			cm, err = k.Client.CoreV1().ConfigMaps(k.Namespace).Get(gctx, cmName, metav1.GetOptions{})
+			err = k.Client.Get().Namespace(k.Namespace).Resource("configmaps").Name(cmName).Do(gctx).Into(cm)
 		}
 		cancel()
 		if err != nil {

@@ -7,16 +7,16 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // ConfigMap persists revocations into the policy's revocations ConfigMap with
 // a merge patch adding one entry, retried with backoff.
 type ConfigMap struct {
-	Client    kubernetes.Interface
+	// Client is a core/v1 REST client.
+	Client    rest.Interface
 	Namespace string
 	Name      string
 	Set       *Set
@@ -39,7 +39,8 @@ func (c *ConfigMap) Revoke(ctx context.Context, jti string, exp time.Time) error
 	var lastErr error
 	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 6, Cap: time.Second}
 	err = wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
-		_, lastErr = c.Client.CoreV1().ConfigMaps(c.Namespace).Patch(ctx, c.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "keygate-sidecar"})
+		lastErr = c.Client.Patch(types.MergePatchType).Namespace(c.Namespace).Resource("configmaps").Name(c.Name).
+			Param("fieldManager", "keygate-sidecar").Body(patch).Do(ctx).Error()
 		if lastErr == nil {
 			return true, nil
 		}
