@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -33,8 +34,11 @@ var errSecretConflict = errors.New("credentials Secret is not owned by this ApiK
 // it generates and rotates the secret and decides whether the key is Ready.
 type ApiKeyReconciler struct {
 	client.Client
-	Clock    clock.PassiveClock
-	Recorder recorder.EventRecorder
+	// APIReader reads past the cache; it tells a Secret of someone else from
+	// our own one that the cache has not seen yet.
+	APIReader client.Reader
+	Clock     clock.PassiveClock
+	Recorder  recorder.EventRecorder
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys,verbs=get;list;watch
@@ -42,9 +46,6 @@ type ApiKeyReconciler struct {
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-
-// apiKeyPhase is one step of an ApiKey reconciliation; it owns one concern.
-type apiKeyPhase func(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error)
 
 // Reconcile runs the phases in order and writes the status once, at the end.
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
@@ -61,7 +62,7 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		if err == nil || errors.Is(err, reconcile.TerminalError(nil)) {
 			key.Status.ObservedGeneration = key.Generation
 		}
-		r.recordReadyTransition(before, key)
+		recordReadyTransition(r.Recorder, key, before.Status.Conditions, key.Status.Conditions)
 		if equality.Semantic.DeepEqual(before.Status, key.Status) {
 			return
 		}
@@ -185,6 +186,7 @@ func (r *ApiKeyReconciler) newCredentials(ctx context.Context, key *keygatev1.Ap
 				Digest:    bundle.Digest(hashKey, cur.Secret),
 				Version:   cur.Version,
 				ExpiresAt: now.Add(gracePeriod(key)),
+				HashKeyID: hashKeyID(hashKey),
 			}
 		}
 	}
@@ -228,8 +230,7 @@ func (r *ApiKeyReconciler) writeSecret(ctx context.Context, key *keygatev1.ApiKe
 	if existing == nil {
 		if err := r.Create(ctx, desired, fieldOwner); err != nil {
 			if apierrors.IsAlreadyExists(err) {
-				// Not in our cache, so not labelled as ours: someone else's Secret.
-				return false, r.secretConflict(key, name)
+				return false, r.alreadyExists(ctx, key, name)
 			}
 			return false, fmt.Errorf("create credentials Secret %q: %w", name, err)
 		}
@@ -246,6 +247,23 @@ func (r *ApiKeyReconciler) writeSecret(ctx context.Context, key *keygatev1.ApiKe
 		return false, fmt.Errorf("update credentials Secret %q: %w", name, err)
 	}
 	return false, nil
+}
+
+// alreadyExists explains a failed create: either the cache has not caught up
+// with our own Secret (retry), or the name belongs to someone else.
+func (r *ApiKeyReconciler) alreadyExists(ctx context.Context, key *keygatev1.ApiKey, name string) error {
+	if r.APIReader != nil {
+		live := &metav1.PartialObjectMetadata{}
+		live.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, live)
+		if err == nil && metav1.IsControlledBy(live, key) {
+			return fmt.Errorf("credentials Secret %q: cache not yet up to date, retrying", name)
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("read credentials Secret %q: %w", name, err)
+		}
+	}
+	return r.secretConflict(key, name)
 }
 
 // afterRotation records a rotation in Events and metrics (key names only).
@@ -326,12 +344,12 @@ func (r *ApiKeyReconciler) checkReady(ctx context.Context, key *keygatev1.ApiKey
 	return ctrl.Result{}, nil
 }
 
-// recordReadyTransition emits an Event when the Ready reason changes. A new
-// key becoming Ready straight away is no news and gets none (1,000 new keys
-// would otherwise make 1,000 Events).
-func (r *ApiKeyReconciler) recordReadyTransition(before, after *keygatev1.ApiKey) {
-	old := meta.FindStatusCondition(before.Status.Conditions, keygatev1.ConditionReady)
-	cur := meta.FindStatusCondition(after.Status.Conditions, keygatev1.ConditionReady)
+// recordReadyTransition emits an Event, with the condition's reason and
+// message, when the Ready condition changes status or reason. An object that
+// is Ready at once gets none: 1,000 new keys would otherwise make 1,000 Events.
+func recordReadyTransition(rec recorder.EventRecorder, obj runtime.Object, before, after []metav1.Condition) {
+	old := meta.FindStatusCondition(before, keygatev1.ConditionReady)
+	cur := meta.FindStatusCondition(after, keygatev1.ConditionReady)
 	if cur == nil || (old != nil && old.Reason == cur.Reason && old.Status == cur.Status) {
 		return
 	}
@@ -342,5 +360,5 @@ func (r *ApiKeyReconciler) recordReadyTransition(before, after *keygatev1.ApiKey
 	if cur.Status == metav1.ConditionTrue {
 		typ = corev1.EventTypeNormal
 	}
-	r.Recorder.Eventf(after, nil, typ, cur.Reason, "Reconcile", "%s", cur.Message)
+	rec.Eventf(obj, nil, typ, cur.Reason, "Reconcile", "%s", cur.Message)
 }

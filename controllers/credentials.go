@@ -33,6 +33,7 @@ const (
 	annotationPreviousDigest    = "keygate.dev/previous-digest"
 	annotationPreviousVersion   = "keygate.dev/previous-version"
 	annotationPreviousExpiresAt = "keygate.dev/previous-expires-at"
+	annotationPreviousHashKey   = "keygate.dev/previous-hash-key"
 )
 
 const (
@@ -118,6 +119,16 @@ type previousSecret struct {
 	Digest    []byte
 	Version   int64
 	ExpiresAt time.Time
+	// HashKeyID identifies the policy hash key the digest was made with
+	// (hashKeyID); a digest made for another policy, or for a deleted and
+	// re-created one, is worthless and left out of the bundle.
+	HashKeyID string
+}
+
+// hashKeyID is a short public fingerprint of a policy's hash key.
+func hashKeyID(hashKey []byte) string {
+	sum := sha256.Sum256(append([]byte("keygate.dev/hash-key-id\x00"), hashKey...))
+	return hex.EncodeToString(sum[:8])
 }
 
 // readCredentials parses a credentials Secret. It never fails: anything that
@@ -139,7 +150,7 @@ func readCredentials(s *corev1.Secret) credentials {
 		exp, errT := time.Parse(time.RFC3339, s.Annotations[annotationPreviousExpiresAt])
 		v, errV := strconv.ParseInt(s.Annotations[annotationPreviousVersion], 10, 64)
 		if errT == nil && errV == nil {
-			c.Previous = &previousSecret{Digest: d, Version: v, ExpiresAt: exp}
+			c.Previous = &previousSecret{Digest: d, Version: v, ExpiresAt: exp, HashKeyID: s.Annotations[annotationPreviousHashKey]}
 		}
 	}
 	return c
@@ -168,7 +179,9 @@ func writeCredentials(s *corev1.Secret, c credentials) {
 		s.Annotations[annotationPreviousDigest] = base64.StdEncoding.EncodeToString(c.Previous.Digest)
 		s.Annotations[annotationPreviousVersion] = strconv.FormatInt(c.Previous.Version, 10)
 		s.Annotations[annotationPreviousExpiresAt] = c.Previous.ExpiresAt.UTC().Format(time.RFC3339)
+		s.Annotations[annotationPreviousHashKey] = c.Previous.HashKeyID
 	} else {
+		delete(s.Annotations, annotationPreviousHashKey)
 		delete(s.Annotations, annotationPreviousDigest)
 		delete(s.Annotations, annotationPreviousVersion)
 		delete(s.Annotations, annotationPreviousExpiresAt)

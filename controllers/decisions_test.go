@@ -1,11 +1,13 @@
 package controllers
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -211,5 +213,30 @@ func TestResolvePolicyDefaults(t *testing.T) {
 	if p.TokenTTLSeconds != 3600 || p.ClientTokenTTLSeconds != 900 || !p.Basic || p.DefaultAction != "Deny" ||
 		len(p.BearerSchemes) != 1 || len(p.Grants) != 3 || len(p.TokenPaths) != 3 || len(p.PublicPaths) != 1 {
 		t.Fatalf("defaults not applied: %+v", p)
+	}
+}
+
+func TestBundleKeyDropsPreviousDigestOfAnotherHashKey(t *testing.T) {
+	key := newApiKey("ns", "k", "p")
+	key.UID = "uid-1"
+	hashKey := []byte("0123456789abcdef0123456789abcdef")
+	other := []byte("fedcba9876543210fedcba9876543210")
+	for _, tt := range []struct {
+		name    string
+		madeFor []byte
+		want    int
+	}{{"same policy key", hashKey, 2}, {"another policy's key", other, 1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "k-credentials"}}
+			writeCredentials(s, credentials{KeyID: "apk-x", Secret: strings.Repeat("s", secretLength), Version: 2, RotatedAt: t0,
+				Previous: &previousSecret{Digest: bundle.Digest(tt.madeFor, "old"), Version: 1, ExpiresAt: t0.Add(time.Hour), HashKeyID: hashKeyID(tt.madeFor)}})
+			if err := controllerutil.SetControllerReference(key, s, scheme); err != nil {
+				t.Fatal(err)
+			}
+			k, ok := bundleKey(key, s, hashKey, t0)
+			if !ok || len(k.Secrets) != tt.want {
+				t.Fatalf("ok=%v, %d digests, want %d", ok, len(k.Secrets), tt.want)
+			}
+		})
 	}
 }

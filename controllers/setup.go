@@ -57,7 +57,8 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 	}); err != nil {
 		return fmt.Errorf("index ApiKeys by policy: %w", err)
 	}
-	ak := &ApiKeyReconciler{Client: mgr.GetClient(), Clock: opts.Clock, Recorder: mgr.GetEventRecorder("keygate-apikey")}
+	ak := &ApiKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock,
+		Recorder: mgr.GetEventRecorder("keygate-apikey")}
 	if err := ak.setup(mgr, opts.ApiKeyConcurrency); err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, hashKey []byte, now
 		Permissions:  toStrings(key.Spec.Permissions),
 		AllowedCIDRs: toStrings(key.Spec.AllowedCIDRs),
 	}
-	if prev := livePrevious(&c, now); prev != nil {
+	if prev := livePrevious(&c, now); prev != nil && prev.HashKeyID == hashKeyID(hashKey) {
 		exp := prev.ExpiresAt.UTC()
 		k.Secrets = append(k.Secrets, bundle.SecretDigest{Digest: prev.Digest, Version: prev.Version, ExpiresAt: &exp})
 	}

@@ -78,6 +78,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		default:
 			policy.Status.ObservedGeneration = policy.Generation
 		}
+		recordReadyTransition(r.Recorder, policy, before.Status.Conditions, policy.Status.Conditions)
 		if equality.Semantic.DeepEqual(before.Status, policy.Status) {
 			return
 		}
@@ -287,7 +288,6 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 			c.ObservedGeneration = p.Generation
 			meta.SetStatusCondition(&p.Status.Conditions, c)
 		}
-		r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, keygatev1.ReasonBundleTooLarge, "Reconcile", "%s", msg)
 		return ctrl.Result{}, reconcile.TerminalError(errBundleTooLarge)
 	}
 	meta.RemoveStatusCondition(&p.Status.Conditions, keygatev1.ConditionStalled)

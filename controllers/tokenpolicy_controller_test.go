@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
@@ -166,7 +168,7 @@ func TestNoSecretInLogsOrEvents(t *testing.T) {
 	startManager(t, ns, clock.RealClock{})
 	create(t, newPolicy(ns, "p"), newApiKey(ns, "k", "p"), newApiKey(ns, "gone", "nope"))
 	waitReason(t, ns, "k", "True/Ready")
-	c1, s := getCreds(g, ns, "k-credentials")
+	c1, _ := getCreds(g, ns, "k-credentials")
 	g.Expect(k8sClient.Patch(context.Background(), getApiKey(g, ns, "k"), client.RawPatch(types.MergePatchType,
 		[]byte(`{"metadata":{"annotations":{"keygate.dev/rotate":"1"}}}`)))).To(Succeed())
 	g.Eventually(func(g Gomega) int64 { return getApiKey(g, ns, "k").Status.SecretVersion }, timeout, interval).Should(BeEquivalentTo(2))
@@ -280,4 +282,29 @@ func TestBundleTooLargeIsStalled(t *testing.T) {
 		return c.Reason + ": " + c.Message
 	}, timeout, interval).Should(And(HavePrefix(keygatev1.ReasonBundleTooLarge), ContainSubstring("lower spec.maxApiKeys")))
 	g.Expect(meta.IsStatusConditionFalse(policyStatus(g, ns, "p").Conditions, keygatev1.ConditionReady)).To(BeTrue())
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "p") }, timeout, interval).Should(ContainElement(keygatev1.ReasonBundleTooLarge))
+}
+
+// A create that fails because the name is taken is a conflict only when the
+// Secret is someone else's; our own Secret that the cache has not seen yet
+// is retried.
+func TestAlreadyExistsTellsOwnFromForeign(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	key := newApiKey(ns, "k", "p")
+	create(t, key)
+	own := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "own"}}
+	g.Expect(controllerutil.SetControllerReference(key, own, scheme)).To(Succeed())
+	create(t, own, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "foreign"}})
+	r := &ApiKeyReconciler{Client: k8sClient, APIReader: k8sClient, Recorder: discardRecorder{}}
+
+	err := r.alreadyExists(context.Background(), key, "own")
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(errors.Is(err, errSecretConflict)).To(BeFalse(), "our own Secret is no conflict")
+	g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeFalse(), "it is retried")
+
+	err = r.alreadyExists(context.Background(), key, "foreign")
+	g.Expect(errors.Is(err, errSecretConflict)).To(BeTrue())
+	g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeTrue())
+	g.Expect(meta.FindStatusCondition(key.Status.Conditions, keygatev1.ConditionStalled).Reason).To(Equal(keygatev1.ReasonSecretConflict))
 }

@@ -6,10 +6,10 @@ package operator
 import (
 	"bytes"
 	"context"
-	goruntime "runtime"
 	"fmt"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -87,7 +87,12 @@ func runScenario(b *testing.B, cfg *rest.Config, scheme *runtime.Scheme, c clien
 	must(b, controllers.SetupWithManager(mgrCtx, mgr, controllers.Options{}))
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- mgr.Start(mgrCtx) }()
-	defer func() { stopMgr(); <-mgrDone }()
+	defer func() {
+		stopMgr()
+		if err := <-mgrDone; err != nil {
+			b.Errorf("manager: %v", err)
+		}
+	}()
 
 	must(b, c.Create(ctx, &keygatev1.TokenPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: policyName},
