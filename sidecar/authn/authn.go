@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"hash"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -249,6 +250,19 @@ func CheckAddress(rt *config.Runtime, id *Identity, addr netip.Addr) *Error {
 	return nil
 }
 
+var sha256Pool = sync.Pool{New: func() any { return sha256.New() }}
+
+// tokenHash is SHA-256 of a token without allocating: the cache key, so the
+// cache holds 32 bytes per token, not the token.
+func tokenHash(raw string) (out [32]byte) {
+	h := sha256Pool.Get().(hash.Hash)
+	h.Reset()
+	_, _ = io.WriteString(h, raw)
+	h.Sum(out[:0])
+	sha256Pool.Put(h)
+	return out
+}
+
 type cached struct {
 	id  *Identity
 	exp time.Time
@@ -281,7 +295,7 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 	if len(raw) > token.MaxSize {
 		return nil, fail(ReasonBadToken, "")
 	}
-	h := sha256.Sum256([]byte(raw))
+	h := tokenHash(raw)
 	c := a.cacheFor(rt)
 	c.mu.RLock()
 	e, ok := c.m[h]
