@@ -3,6 +3,7 @@ package podinject
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -90,6 +91,10 @@ func TestMain(m *testing.M) {
 }
 
 func runSuite(m *testing.M) (code int) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		return m.Run() // fuzzing exercises inject alone: no API server per fuzz worker
+	}
 	// Logs are shown only when something failed.
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(true)))
 	defer func() {
