@@ -214,9 +214,12 @@ func cleanPath(p string) bool {
 			return false
 		}
 	}
-	for _, seg := range strings.Split(p, "/") {
-		if seg == "." || seg == ".." {
-			return false
+	for i, start := 1, 1; i <= len(p); i++ {
+		if i == len(p) || p[i] == '/' {
+			if seg := p[start:i]; seg == "." || seg == ".." {
+				return false
+			}
+			start = i + 1
 		}
 	}
 	return !strings.ContainsAny(p, "\\\x00")

@@ -284,3 +284,15 @@ func TestReadyz(t *testing.T) {
 		t.Fatal("ready while draining")
 	}
 }
+
+func TestCleanPath(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/": true, "/charges": true, "/charges/": true, "/a/b.c/d": true, "/..a": true, "*": true,
+		"": false, "charges": false, "/..": false, "/a/../b": false, "/a/./b": false, "/a/.": false,
+		"//a": false, "/a//b": false, `/a\b`: false, "/a\x00": false,
+	} {
+		if cleanPath(p) != want {
+			t.Errorf("cleanPath(%q) != %v", p, want)
+		}
+	}
+}
