@@ -135,21 +135,14 @@ type Authenticator struct {
 	cache atomic.Pointer[tokenCache]
 }
 
-// hmacFor returns an HMAC-SHA256 keyed with rt's hash key.
-func hmacFor(rt *config.Runtime) hash.Hash {
-	return hmac.New(sha256.New, rt.HashKey)
-}
-
-var digestPool = sync.Pool{New: func() any { b := make([]byte, 0, sha256.Size); return &b }}
-
 // CheckSecret authenticates keyID and secret. Unknown key and wrong secret
 // take the same work: one HMAC and comparisons against two digests.
 func CheckSecret(rt *config.Runtime, keyID, secret string, now time.Time) (*config.Key, *Error) {
-	m := hmacFor(rt)
-	m.Write([]byte(secret))
-	bp := digestPool.Get().(*[]byte)
-	sum := m.Sum((*bp)[:0])
-	defer func() { *bp = sum; digestPool.Put(bp) }()
+	m := rt.MAC()
+	_, _ = io.WriteString(m, secret)
+	var buf [sha256.Size]byte
+	sum := m.Sum(buf[:0])
+	rt.PutMAC(m)
 	k := rt.Keys[keyID]
 	d0, d1 := rt.DummyDigest, rt.DummyDigest
 	var e0, e1 *time.Time

@@ -5,10 +5,12 @@
 package config
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"net/netip"
 	"strings"
 	"sync"
@@ -85,6 +87,19 @@ type Client struct {
 func (k *Key) Usable(now time.Time) bool {
 	return k.ExpiresAt == nil || now.Before(*k.ExpiresAt)
 }
+
+// MAC returns an HMAC-SHA256 keyed with the hash key, reset, from a pool;
+// give it back with PutMAC.
+func (rt *Runtime) MAC() hash.Hash {
+	if m, ok := rt.hmacs.Get().(hash.Hash); ok {
+		m.Reset()
+		return m
+	}
+	return hmac.New(sha256.New, rt.HashKey)
+}
+
+// PutMAC returns a MAC to the pool.
+func (rt *Runtime) PutMAC(m hash.Hash) { rt.hmacs.Put(m) }
 
 // BearerScheme reports whether word (case-insensitive) is a bearer scheme.
 func (rt *Runtime) BearerScheme(word string) bool {
