@@ -93,7 +93,8 @@ func (r *ApiKeyReconciler) keysOfPolicy(ctx context.Context, o client.Object) []
 
 func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, policy string) []reconcile.Request {
 	list := &keygatev1.ApiKeyList{}
-	if err := r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexPolicyRef: policy}); err != nil {
+	if err := r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexPolicyRef: policy},
+		client.UnsafeDisableDeepCopy); err != nil { // only names are read
 		ctrl.LoggerFrom(ctx).Error(err, "Failed to list ApiKeys of TokenPolicy", "tokenPolicy", policy)
 		return nil
 	}
