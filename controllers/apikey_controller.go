@@ -44,7 +44,7 @@ type ApiKeyReconciler struct {
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys,verbs=get;list;watch
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile runs the phases in order and writes the status once, at the end.
@@ -92,13 +92,18 @@ func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1
 	log := ctrl.LoggerFrom(ctx)
 	now := r.Clock.Now().UTC().Truncate(time.Second)
 	name := credentialsSecretName(key)
+	oldName := key.Status.SecretName
 	key.Status.SecretName = name
 
 	secret := &corev1.Secret{}
-	var cur *credentials
+	var cur, moved *credentials
 	switch err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, secret); {
 	case apierrors.IsNotFound(err):
 		secret = nil
+		if moved, err = r.movedCredentials(ctx, key, oldName, name); err != nil {
+			return ctrl.Result{}, err
+		}
+		cur = moved
 	case err != nil:
 		return ctrl.Result{}, fmt.Errorf("read credentials Secret %q: %w", name, err)
 	case !metav1.IsControlledBy(secret, key):
@@ -128,6 +133,13 @@ func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1
 	if created {
 		log.Info("Created credentials Secret", "secret", name, "keyID", next.KeyID, "secretVersion", next.Version)
 	}
+	if moved != nil {
+		old := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: oldName}}
+		if err := r.Delete(ctx, old); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, fmt.Errorf("delete credentials Secret %q after moving it to %q: %w", oldName, name, err)
+		}
+		log.Info("Moved credentials Secret", "from", oldName, "to", name, "keyID", next.KeyID)
+	}
 	r.afterRotation(key, trigger, next)
 
 	key.Status.KeyID = next.KeyID
@@ -143,6 +155,30 @@ func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1
 	meta.RemoveStatusCondition(&key.Status.Conditions, keygatev1.ConditionStalled)
 	due, _ := scheduledRotation(key, &next)
 	return ctrl.Result{RequeueAfter: requeueAt(now, due, expiry)}, nil
+}
+
+// movedCredentials returns the credentials of the Secret the key used before
+// spec.secretName changed, so that they move to the new name unchanged; nil
+// when there is nothing (intact and ours) to move.
+func (r *ApiKeyReconciler) movedCredentials(ctx context.Context, key *keygatev1.ApiKey, oldName, name string) (*credentials, error) {
+	if oldName == "" || oldName == name {
+		return nil, nil
+	}
+	old := &corev1.Secret{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: oldName}, old); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read previous credentials Secret %q: %w", oldName, err)
+	}
+	if !metav1.IsControlledBy(old, key) {
+		return nil, nil
+	}
+	c := readCredentials(old)
+	if !c.Intact {
+		return nil, nil
+	}
+	return &c, nil
 }
 
 // newCredentials makes the credentials that replace cur. The key ID is kept;

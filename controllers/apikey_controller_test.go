@@ -8,6 +8,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -294,4 +295,26 @@ func TestSecretConflict(t *testing.T) {
 	g.Expect(k8sClient.Get(context.Background(), client.ObjectKeyFromObject(theirs), s)).To(Succeed())
 	g.Expect(s.Data).To(Equal(map[string][]byte{"password": []byte("x")}), "someone else's Secret is left alone")
 	g.Expect(s.OwnerReferences).To(BeEmpty())
+}
+
+func TestSecretNameChangeMovesCredentials(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	startManager(t, ns, clock.RealClock{})
+	create(t, newPolicy(ns, "p"), newApiKey(ns, "k", "p"))
+	waitReason(t, ns, "k", "True/Ready")
+	before, _ := getCreds(g, ns, "k-credentials")
+
+	key := getApiKey(g, ns, "k")
+	key.Spec.SecretName = "renamed"
+	g.Expect(k8sClient.Update(context.Background(), key)).To(Succeed())
+	g.Eventually(func(g Gomega) creds { c, _ := getCreds(g, ns, "renamed"); return c }, timeout, interval).Should(Equal(before),
+		"the same key ID and secret under the new name")
+	g.Eventually(func() bool {
+		err := k8sClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "k-credentials"}, &corev1.Secret{})
+		return apierrors.IsNotFound(err)
+	}, timeout, interval).Should(BeTrue(), "the old Secret is removed")
+	g.Eventually(func(g Gomega) string { return getApiKey(g, ns, "k").Status.SecretName }, timeout, interval).Should(Equal("renamed"))
+	g.Expect(getApiKey(g, ns, "k").Status.SecretVersion).To(BeEquivalentTo(1))
+	g.Expect(bundleDigests(g, ns, "p")[before.KeyID]).To(Equal([][]byte{digestOf(g, ns, "p", before.Secret)}))
 }
