@@ -1,5 +1,5 @@
 // Command manager runs the keygate operator: the ApiKey and TokenPolicy
-// reconcilers (and, once wired, the sidecar injection webhook).
+// reconcilers, the sidecars' RBAC and the sidecar injection webhook.
 package main
 
 import (
@@ -19,6 +19,7 @@ import (
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 	"github.com/keygate-dev/keygate/controllers"
+	"github.com/keygate-dev/keygate/controllers/podinject"
 )
 
 func main() {
@@ -41,7 +42,8 @@ func run(ctx context.Context) error {
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the manager's own).")
 	flag.StringVar(&namespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; empty watches all.")
 	flag.StringVar(&namespaces, "namespace", "", "Alias of --watch-namespaces.")
-	// Injection webhook: bind podinject.Options flags here (see below).
+	var inject podinject.Options
+	inject.BindFlags(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse() // --kubeconfig is registered by controller-runtime's config package
@@ -66,7 +68,7 @@ func run(ctx context.Context) error {
 		// Leaving at once on shutdown lets a new leader start without waiting for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(splitNamespaces(namespaces)),
-		// Injection webhook: WebhookServer: inject.WebhookServer(),
+		WebhookServer:                 inject.WebhookServer(),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -78,12 +80,10 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("register metrics: %w", err)
 	}
 
-	// Injection webhook: wired by podinject.Setup. Three touch points, all marked
-	// "Injection webhook": (1) before flag.Parse, `inject := &podinject.Options{}` and
-	// `inject.BindFlags(flag.CommandLine)`; (2) in ctrl.Options,
-	// `WebhookServer: inject.WebhookServer()` after `inject.Namespaces =
-	// splitNamespaces(namespaces)`; (3) here,
-	// `if err := podinject.Setup(mgr, inject); err != nil { return err }`.
+	inject.Namespaces = splitNamespaces(namespaces)
+	if err := podinject.Setup(mgr, &inject); err != nil {
+		return fmt.Errorf("set up sidecar injection: %w", err)
+	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -21,6 +22,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
@@ -49,10 +51,25 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	kc.CurrentContext = "envtest"
 	g.Expect(clientcmd.WriteToFile(*kc, kubeconfig)).To(Succeed())
 
-	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
+	scheme := runtime.NewScheme()
+	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	g.Expect(admissionregistrationv1.AddToScheme(scheme)).To(Succeed())
+	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	// What the kustomize install provides for the injection webhook: the
+	// manager's namespace and the webhook configuration whose caBundle the
+	// manager keeps in sync (readiness waits for it).
+	g.Expect(c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keygate-system"}})).To(Succeed())
+	g.Expect(c.Create(context.Background(), webhookConfiguration(t))).To(Succeed())
+
+	metricsAddr, probeAddr, webhookAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	webhookHost, webhookPort, err := net.SplitHostPort(webhookAddr)
+	g.Expect(err).NotTo(HaveOccurred())
 	os.Args = []string{"manager", "--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + metricsAddr,
 		"--health-probe-bind-address=" + probeAddr, "--leader-elect", "--leader-election-namespace=default",
-		"--watch-namespaces=default"}
+		"--watch-namespaces=default", "--webhook-service-namespace=keygate-system",
+		"--webhook-host=" + webhookHost, "--webhook-port=" + webhookPort, "--webhook-cert-dir=" + t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	started := time.Now()
@@ -67,11 +84,6 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	t.Logf("manager ready %v after start (envtest)", time.Since(started).Round(time.Millisecond))
 	g.Expect(status("http://" + probeAddr + "/healthz")).To(Equal(http.StatusOK))
 
-	scheme := runtime.NewScheme()
-	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(c.Create(ctx, &keygatev1.TokenPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p"},
 		Spec: keygatev1.TokenPolicySpec{Issuer: "https://x.example.com", Audience: "x"}})).To(Succeed())
 	g.Expect(c.Create(ctx, &keygatev1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "k"},
@@ -85,6 +97,20 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 		ContainSubstring(`keygate_rotations_total{trigger="manual"} 0`),
 		ContainSubstring(`controller_runtime_reconcile_total{controller="apikey"`),
 	))
+}
+
+// webhookConfiguration reads the MutatingWebhookConfiguration of config/webhook.
+func webhookConfiguration(t *testing.T) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "config", "webhook", "mutating-webhook.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(data, wh); err != nil {
+		t.Fatalf("decode webhook configuration: %v", err)
+	}
+	return wh
 }
 
 func freeAddr(t *testing.T) string {

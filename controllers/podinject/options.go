@@ -87,6 +87,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ServiceName, "webhook-service-name", DefaultServiceName, "Name of the Service in front of the webhook server.")
 	fs.StringVar(&o.Namespace, "webhook-service-namespace", ns, "Namespace of the manager and its webhook Service (default $POD_NAMESPACE or keygate-system).")
 	fs.IntVar(&o.Port, "webhook-port", DefaultWebhookPort, "Port the webhook server listens on.")
+	fs.StringVar(&o.Host, "webhook-host", "", "Address the webhook server binds; empty binds every address.")
 }
 
 // setDefaults fills what BindFlags would for Options built in code.
