@@ -46,8 +46,21 @@ envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s (once).
 	hack/envtest.sh >/dev/null
 
 .PHONY: test
-test: verify vet envtest ## Verify generated files, then run every Go test against a real API server.
+test: verify vet envtest ## Verify generated files, run every Go test against a real API server, then each fuzz target briefly.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
+FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest \
+	./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 5s) on top of its seed corpus.
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "go test -run='^$$' -fuzz='^$$name$$' -fuzztime=$(FUZZTIME) $$pkg"; \
+		go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
 
 .PHONY: build
 build: ## Build the manager and the sidecar into bin/.
