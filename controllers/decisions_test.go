@@ -1,13 +1,18 @@
 package controllers
 
 import (
+	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -236,6 +241,54 @@ func TestBundleKeyDropsPreviousDigestOfAnotherHashKey(t *testing.T) {
 			k, ok := bundleKey(key, s, hashKey, t0)
 			if !ok || len(k.Secrets) != tt.want {
 				t.Fatalf("ok=%v, %d digests, want %d", ok, len(k.Secrets), tt.want)
+			}
+		})
+	}
+}
+
+// The watches map a change to exactly the policies it concerns.
+func TestPolicyOfMapsOnlyTheOwningPolicy(t *testing.T) {
+	credentialsSecret := func(policy string) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "k-credentials",
+			Labels: map[string]string{keygatev1.LabelApiKey: "k", keygatev1.LabelTokenPolicy: policy}}}
+	}
+	secretHandler, keyHandler := policyOf(policyOfCredentials), policyOf(policyOfApiKey)
+	tests := []struct {
+		name string
+		send func(q apiKeyQueue)
+		want []string
+	}{
+		{"credentials Secret changed", func(q apiKeyQueue) {
+			secretHandler.Update(context.Background(), event.UpdateEvent{ObjectOld: credentialsSecret("p1"), ObjectNew: credentialsSecret("p1")}, q)
+		}, []string{"p1"}},
+		{"unrelated Secret", func(q apiKeyQueue) {
+			secretHandler.Create(context.Background(), event.CreateEvent{Object: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x",
+				Labels: map[string]string{keygatev1.LabelTokenPolicy: "p1"}}}}, q)
+		}, nil},
+		{"ApiKey moved between policies", func(q apiKeyQueue) {
+			keyHandler.Update(context.Background(), event.UpdateEvent{ObjectOld: newApiKey("ns", "k", "p1"), ObjectNew: newApiKey("ns", "k", "p2")}, q)
+		}, []string{"p1", "p2"}},
+		{"ApiKey deleted", func(q apiKeyQueue) {
+			keyHandler.Delete(context.Background(), event.DeleteEvent{Object: newApiKey("ns", "k", "p3")}, q)
+		}, []string{"p3"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+			defer q.ShutDown()
+			tt.send(q)
+			var got []string
+			for q.Len() > 0 {
+				req, _ := q.Get()
+				if req.Namespace != "ns" {
+					t.Errorf("request in namespace %q", req.Namespace)
+				}
+				got = append(got, req.Name)
+				q.Done(req)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("queued %v, want %v", got, tt.want)
 			}
 		})
 	}

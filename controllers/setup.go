@@ -169,22 +169,28 @@ func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) erro
 			UpdateFunc: func(e event.UpdateEvent) bool { return !r.isOwnBundleWrite(e.ObjectNew) },
 		})).
 		Owns(&corev1.ConfigMap{}).
-		Watches(&keygatev1.ApiKey{}, policyOf(func(o client.Object) (string, bool) {
-			return o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, true
-		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Secret{}, policyOf(func(o client.Object) (string, bool) {
-			if o.GetLabels()[keygatev1.LabelApiKey] == "" {
-				return "", false
-			}
-			p, ok := o.GetLabels()[keygatev1.LabelTokenPolicy]
-			return p, ok
-		})).
+		Watches(&keygatev1.ApiKey{}, policyOf(policyOfApiKey), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Secret{}, policyOf(policyOfCredentials)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
 	if err != nil {
 		return fmt.Errorf("set up TokenPolicy controller: %w", err)
 	}
 	return nil
+}
+
+// policyOfApiKey is the TokenPolicy an ApiKey names.
+func policyOfApiKey(o client.Object) (string, bool) {
+	return o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, true
+}
+
+// policyOfCredentials is the TokenPolicy of a credentials Secret, from its labels.
+func policyOfCredentials(o client.Object) (string, bool) {
+	if o.GetLabels()[keygatev1.LabelApiKey] == "" {
+		return "", false
+	}
+	p, ok := o.GetLabels()[keygatev1.LabelTokenPolicy]
+	return p, ok
 }
 
 // policyOf maps an object to the TokenPolicy it belongs to; on an update both
