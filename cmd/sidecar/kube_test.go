@@ -49,13 +49,15 @@ func TestMain(m *testing.M) {
 func runMain(m *testing.M) int {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		abs, _ := filepath.Abs("../../bin/k8s")
-		os.Setenv("KUBEBUILDER_ASSETS", abs)
+		if err := os.Setenv("KUBEBUILDER_ASSETS", abs); err != nil {
+			panic(err)
+		}
 	}
 	dir, err := os.MkdirTemp("", "keygate-sidecar-envtest-")
 	if err != nil {
 		panic(err)
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	// kube-apiserver waits for open watches on SIGTERM; after this it is
 	// killed, which is the outage the test wants anyway.
 	env = &envtest.Environment{ControlPlaneStopTimeout: 3 * time.Second}
@@ -139,7 +141,7 @@ func must(t *testing.T, err error) {
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -190,7 +192,7 @@ func (in *instance) readyz() int {
 	if err != nil {
 		return 0
 	}
-	r.Body.Close()
+	_ = r.Body.Close()
 	return r.StatusCode
 }
 
@@ -199,7 +201,7 @@ func (in *instance) readyzBody() string {
 	if err != nil {
 		return ""
 	}
-	defer r.Body.Close()
+	defer func() { _ = r.Body.Close() }()
 	b, _ := io.ReadAll(r.Body)
 	return string(b)
 }
@@ -218,7 +220,7 @@ func (in *instance) call(method, path, body string, headers ...string) (int, map
 	if err != nil {
 		in.t.Fatalf("%s: %v", in.name, err)
 	}
-	defer r.Body.Close()
+	defer func() { _ = r.Body.Close() }()
 	var m map[string]any
 	_ = json.NewDecoder(r.Body).Decode(&m)
 	return r.StatusCode, m

@@ -54,7 +54,11 @@ func main() {
 // run runs the sidecar until ctx ends, then drains.
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	fs.Usage = func() {
+		// Best effort, like flag.PrintDefaults: there is nowhere else to report a failed write of the usage text.
+		_, _ = fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	policy := fs.String("policy", "", "name of the TokenPolicy to enforce (Kubernetes mode)")
 	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the policy (default $POD_NAMESPACE)")
 	upstreamPort := fs.Int("upstream-port", 0, "port of the workload on 127.0.0.1 (required)")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -27,7 +28,7 @@ func WatchFile(ctx context.Context, path string, fn func([]byte) error, onErr fu
 		if fi.ModTime().Equal(lastMod) && fi.Size() == lastSize && last != nil {
 			return
 		}
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(filepath.Clean(path)) // #nosec G304 -- path comes from the --bundle-file flag
 		if err != nil {
 			onErr(fmt.Errorf("read %s: %w", path, err))
 			return

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"testing"
 )
 
@@ -24,7 +25,9 @@ func FuzzParseTokenRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		tr, err := ParseTokenRequest(ct, []byte(body))
 		if err != nil {
-			if _, ok := err.(*oauthError); !ok {
+			// readBody finds the *oauthError with errors.As and writes it.
+			var oe *oauthError
+			if !errors.As(err, &oe) || oe == nil {
 				t.Fatalf("error of type %T", err)
 			}
 			return

@@ -26,7 +26,7 @@ func TestWebSocketPassthrough(t *testing.T) {
 		if err != nil {
 			return
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		_ = brw.Flush()
 		_, _ = io.Copy(conn, brw) // echo
@@ -43,7 +43,7 @@ func TestWebSocketPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	req := "GET /charges HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nAuthorization: " +
 		basic("apk-lake", f.Secrets["apk-lake"]) + "\r\n\r\n"
 	if _, err := conn.Write([]byte(req)); err != nil {

@@ -77,7 +77,7 @@ func NewKeyset(keys []bundle.SigningKey, issuer, audience string) (*Keyset, erro
 			return nil, err
 		}
 		alg := jose.SignatureAlgorithm(k.Algorithm)
-		var pub any = priv
+		pub := priv
 		if pj, ok, err := k.PublicJWK(); err != nil {
 			return nil, err
 		} else if ok {
@@ -166,7 +166,7 @@ func ValidID(id string) bool {
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' && c != '.' && c != '_' {
 			return false
 		}
 	}
@@ -183,7 +183,7 @@ func (ks *Keyset) Verify(raw string, now time.Time) (*Claims, error) {
 	}
 	tok, err := jwt.ParseSigned(raw, ks.algs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if len(tok.Headers) != 1 {
 		return nil, ErrMalformed
@@ -206,13 +206,13 @@ func (ks *Keyset) Verify(raw string, now time.Time) (*Claims, error) {
 	}
 	c := &Claims{}
 	if err := tok.Claims(vk.key, c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if c.Expiry == nil || c.IssuedAt == nil || !ValidID(c.ID) || c.Subject == "" {
 		return nil, ErrClaims
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: ks.issuer, AnyAudience: jwt.Audience{ks.aud}, Time: now}, Leeway); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrClaims, err)
+		return nil, fmt.Errorf("%w: %w", ErrClaims, err)
 	}
 	return c, nil
 }

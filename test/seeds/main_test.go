@@ -68,7 +68,7 @@ func freePort(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -117,7 +117,7 @@ func (s *sidecar) run() {
 	for {
 		resp, err := http.Get(s.admin + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
 			}
@@ -208,7 +208,7 @@ func (s *sidecar) call(method, path, body string, headers ...string) resp {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	defer r.Body.Close()
+	defer func() { _ = r.Body.Close() }()
 	b, _ := io.ReadAll(r.Body)
 	return resp{Status: r.StatusCode, Header: r.Header, Body: b}
 }

@@ -115,7 +115,7 @@ func loadRaw(b *testing.B, target string, n int, header ...string) ([]time.Durat
 					continue
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if resp.StatusCode != 200 {
 					failed.Add(1)
 				}
@@ -203,7 +203,7 @@ func issueHTTP(b *testing.B, base, key, secret string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var out struct {
 		AccessToken string `json:"access_token"`
 	}
@@ -286,7 +286,7 @@ func BenchmarkIssueHTTP(b *testing.B) {
 					b.Fatal(err)
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if resp.StatusCode != 201 {
 					b.Fatalf("status %d", resp.StatusCode)
 				}
@@ -324,7 +324,7 @@ func BenchmarkRSS(b *testing.B) {
 	for {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", admin))
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
 				break
 			}
@@ -347,7 +347,7 @@ func rssMiB(b *testing.B, pid int) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer fh.Close()
+	defer func() { _ = fh.Close() }()
 	sc := bufio.NewScanner(fh)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
@@ -364,7 +364,7 @@ func freePort(b *testing.B) int {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 
