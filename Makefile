@@ -46,7 +46,7 @@ envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s (once).
 	hack/envtest.sh >/dev/null
 
 .PHONY: test
-test: verify vet envtest ## Verify generated files, run every Go test against a real API server, then each fuzz target briefly.
+test: verify vet lint envtest ## Verify generated files, lint, run every Go test against a real API server, then each fuzz target briefly.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz
 
