@@ -358,17 +358,19 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// bufferPool lends the reverse proxy its copy buffers.
-type bufferPool struct{ p sync.Pool }
+// BufferPool lends a reverse proxy its copy buffers (httputil.BufferPool).
+type BufferPool struct{ p sync.Pool }
 
-func (b *bufferPool) Get() []byte {
+// Get returns a 32 KiB buffer.
+func (b *BufferPool) Get() []byte {
 	if v := b.p.Get(); v != nil {
 		return *(v.(*[]byte))
 	}
 	return make([]byte, 32<<10)
 }
 
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+// Put returns buf to the pool.
+func (b *BufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 // NewTransport returns the pooled keep-alive transport to the upstream.
 func NewTransport() *http.Transport {
@@ -417,7 +419,7 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 			}
 		},
 		Transport:  NewTransport(),
-		BufferPool: &bufferPool{},
+		BufferPool: &BufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if st := state(r); st != nil {
 				st.result, st.reason = "error", "upstream"

@@ -172,7 +172,7 @@ func BenchmarkProxy(b *testing.B) {
 	// The baseline gets the same pooled transport and copy buffers as the
 	// sidecar, so the ratio measures authentication and authorisation only.
 	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() },
-		Transport: server.NewTransport(), BufferPool: &bufferPool{}}
+		Transport: server.NewTransport(), BufferPool: &server.BufferPool{}}
 	plain := httptest.NewServer(rp)
 	b.Cleanup(plain.Close)
 	plainURL := plain.URL + "/charges"
@@ -367,14 +367,3 @@ func freePort(b *testing.B) int {
 	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
-
-type bufferPool struct{ p sync.Pool }
-
-func (b *bufferPool) Get() []byte {
-	if v := b.p.Get(); v != nil {
-		return *(v.(*[]byte))
-	}
-	return make([]byte, 32<<10)
-}
-
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
