@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,13 +45,7 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = env.Stop() })
 
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
-	kc.CurrentContext = "envtest"
-	g.Expect(clientcmd.WriteToFile(*kc, kubeconfig)).To(Succeed())
+	kubeconfig := writeKubeconfig(t, cfg)
 
 	scheme := runtime.NewScheme()
 	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
@@ -66,20 +62,12 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	metricsAddr, probeAddr, webhookAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	webhookHost, webhookPort, err := net.SplitHostPort(webhookAddr)
 	g.Expect(err).NotTo(HaveOccurred())
-	os.Args = []string{"manager", "--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + metricsAddr,
+	args := []string{"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + metricsAddr,
 		"--health-probe-bind-address=" + probeAddr, "--leader-elect", "--leader-election-namespace=default",
 		"--watch-namespaces=default", "--webhook-service-namespace=keygate-system",
 		"--webhook-host=" + webhookHost, "--webhook-port=" + webhookPort, "--webhook-cert-dir=" + t.TempDir()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	ctx := startManager(t, args)
 	started := time.Now()
-	go func() { done <- run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
 	g.Eventually(func() int { return status("http://" + probeAddr + "/readyz") }, timeout, interval).Should(Equal(http.StatusOK))
 	t.Logf("manager ready %v after start (envtest)", time.Since(started).Round(time.Millisecond))
 	g.Expect(status("http://" + probeAddr + "/healthz")).To(Equal(http.StatusOK))
@@ -111,6 +99,74 @@ func webhookConfiguration(t *testing.T) *admissionregistrationv1.MutatingWebhook
 		t.Fatalf("decode webhook configuration: %v", err)
 	}
 	return wh
+}
+
+// TestManagerRunsWithoutInjection runs the manager binary as one would
+// outside a cluster: only a kubeconfig, no keygate-system namespace, no
+// webhook configuration. With --enable-injection=false it becomes ready and
+// reconciles. (A separate process: controller names are process-global.)
+func TestManagerRunsWithoutInjection(t *testing.T) {
+	g := NewWithT(t)
+	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start envtest (KUBEBUILDER_ASSETS=bin/k8s): %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+
+	bin := filepath.Join(t.TempDir(), "manager")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build manager: %v\n%s", err, out)
+	}
+	probeAddr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "--kubeconfig="+writeKubeconfig(t, cfg), "--metrics-bind-address=0",
+		"--health-probe-bind-address="+probeAddr, "--enable-injection=false")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	g.Expect(cmd.Start()).To(Succeed())
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	g.Eventually(func() int { return status("http://" + probeAddr + "/readyz") }, timeout, interval).Should(Equal(http.StatusOK))
+
+	scheme := runtime.NewScheme()
+	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.Create(ctx, &keygatev1.TokenPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p"},
+		Spec: keygatev1.TokenPolicySpec{Issuer: "https://x.example.com", Audience: "x"}})).To(Succeed())
+	g.Eventually(func() error {
+		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "keygate-p"}, &corev1.Secret{})
+	}, timeout, interval).Should(Succeed(), "the manager reconciles")
+}
+
+// startManager runs run(args) in the background until the test ends.
+func startManager(t *testing.T, args []string) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	return ctx
+}
+
+// writeKubeconfig writes a kubeconfig for the envtest API server.
+func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
+	kc.CurrentContext = "envtest"
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
 }
 
 func freeAddr(t *testing.T) string {
