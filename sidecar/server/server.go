@@ -107,11 +107,18 @@ func New(o Options) *Server {
 	}
 	rp := newProxy(o.Upstream, s)
 	s.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" {
-			// A WebSocket outlives the listener's read/write timeouts.
-			rc := http.NewResponseController(w)
-			_ = rc.SetReadDeadline(time.Time{})
-			_ = rc.SetWriteDeadline(time.Time{})
+		if up := r.Header.Values("Upgrade"); len(up) > 0 {
+			if len(up) == 1 && strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
+				// A WebSocket outlives the listener's read/write timeouts.
+				rc := http.NewResponseController(w)
+				_ = rc.SetReadDeadline(time.Time{})
+				_ = rc.SetWriteDeadline(time.Time{})
+			} else {
+				// Any other protocol (h2c above all) would turn the connection
+				// into a tunnel whose later requests never pass the sidecar:
+				// ignore the offer (RFC 9110 §7.8 allows it) and proxy HTTP/1.1.
+				r.Header.Del("Upgrade")
+			}
 		}
 		rp.ServeHTTP(w, r)
 	})
