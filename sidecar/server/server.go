@@ -311,6 +311,15 @@ func (s *Server) withAuthz(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := state(r)
 		d, perm := st.rt.Rules.Authorize(r.Method, r.URL.Path, st.identity.Perms)
+		if d == authz.Allow {
+			// The upstream may route the request by an overriding method:
+			// every method it could act on must be allowed.
+			for _, m := range overrideMethods(r) {
+				if d, perm = st.rt.Rules.Authorize(m, r.URL.Path, st.identity.Perms); d != authz.Allow {
+					break
+				}
+			}
+		}
 		switch d {
 		case authz.MissingPermission:
 			st.result, st.reason = "forbidden", "missing_permission"
@@ -324,6 +333,41 @@ func (s *Server) withAuthz(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// methodOverrideHeaders are the headers frameworks (Rails' Rack::MethodOverride,
+// Laravel, Symfony, Express's method-override) honour to route a request by
+// another method than its own, lower case with hyphens.
+var methodOverrideHeaders = map[string]bool{"x-http-method-override": true, "x-http-method": true, "x-method-override": true}
+
+// overrideMethods returns the methods a request asks the upstream to use
+// instead of its own: method-override headers (under any spelling a CGI-style
+// upstream reads as the same name) and the _method query parameter.
+func overrideMethods(r *http.Request) []string {
+	var out []string
+	add := func(v string) {
+		for _, m := range strings.Split(v, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				out = append(out, strings.ToUpper(m))
+			}
+		}
+	}
+	for k, vs := range r.Header {
+		if len(k) < len("X-Http-Method") || (k[0] != 'X' && k[0] != 'x') {
+			continue
+		}
+		if methodOverrideHeaders[strings.ToLower(strings.ReplaceAll(k, "_", "-"))] {
+			for _, v := range vs {
+				add(v)
+			}
+		}
+	}
+	if strings.Contains(r.URL.RawQuery, "_method") {
+		for _, v := range r.URL.Query()["_method"] {
+			add(v)
+		}
+	}
+	return out
 }
 
 type errorBody struct {
