@@ -37,6 +37,14 @@ vet: ## Run go vet.
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (gosec, errorlint, ...).
 	$(GOLANGCI_LINT) run ./...
 
+.PHONY: helm-lint
+helm-lint: $(HELM) ## Lint and render the Helm chart.
+	$(HELM) lint charts/keygate
+	$(HELM) template t charts/keygate --namespace keygate-system >/dev/null
+	$(HELM) template t charts/keygate --namespace keygate-system --set webhook.certMode=cert-manager >/dev/null
+	@if $(HELM) template t charts/keygate --set image.tag=latest >/dev/null 2>&1; then \
+		echo "helm-lint: values.schema.json accepted image.tag=latest" >&2; exit 1; fi
+
 .PHONY: verify
 verify: $(CONTROLLER_GEN) ## Regenerate everything and fail if a generated file was stale or Go code unformatted.
 	hack/verify.sh
@@ -46,7 +54,7 @@ envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s (once).
 	hack/envtest.sh >/dev/null
 
 .PHONY: test
-test: verify vet lint envtest ## Verify generated files, lint, run every Go test against a real API server, then each fuzz target briefly.
+test: verify vet lint envtest $(HELM) ## Verify generated files, lint, run every Go test against a real API server, then each fuzz target briefly.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz
 
