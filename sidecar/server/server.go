@@ -450,7 +450,7 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 			pr.SetXForwarded()
 			h := pr.Out.Header
 			for k := range h {
-				if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+				if reservedHeader(k) {
 					delete(h, k)
 				}
 			}
@@ -479,6 +479,25 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 			writeJSON(w, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
 		},
 	}
+}
+
+// reservedHeader reports whether an inbound header name is X-Keygate-* in
+// any case, also with underscores for hyphens: CGI-style upstreams (WSGI,
+// PHP, Rack) read X_Keygate_Key_Id as the same HTTP_X_KEYGATE_KEY_ID.
+func reservedHeader(k string) bool {
+	if len(k) < len(headerPrefix) {
+		return false
+	}
+	for i := 0; i < len(headerPrefix); i++ {
+		c, p := k[i], headerPrefix[i]
+		if c == '_' {
+			c = '-'
+		}
+		if c|0x20 != p|0x20 {
+			return false
+		}
+	}
+	return true
 }
 
 func peerTrusted(rt *config.Runtime, remote string) (bool, bool) {

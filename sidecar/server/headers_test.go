@@ -1,0 +1,34 @@
+package server
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestUnderscoreIdentityHeadersRemoved: CGI-style upstreams (WSGI, PHP, Rack)
+// read X_Keygate_Key_Id and X-Keygate-Key-Id as the same HTTP_X_KEYGATE_KEY_ID,
+// so inbound headers spelled with underscores must go too.
+func TestUnderscoreIdentityHeadersRemoved(t *testing.T) {
+	f := chargesFixture()
+	h := newHarness(t, f)
+	for _, auth := range []string{"", basic("apk-lake", f.Secrets["apk-lake"])} {
+		path := "/charges"
+		if auth == "" {
+			path = "/healthz"
+		}
+		hdr := []string{"X_Keygate_Key_Id", "apk-other", "x_keygate-permissions", "charges:All", "X-Keygate_Client", "acme"}
+		if auth != "" {
+			hdr = append(hdr, "Authorization", auth)
+		}
+		s := h.do("GET", path, "", hdr...).seen(t)
+		for k, v := range s.Headers {
+			n := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+			if strings.HasPrefix(n, "x-keygate-") && k != HeaderKeyID && k != HeaderPermissions {
+				t.Fatalf("%s: upstream got %s: %v", path, k, v)
+			}
+		}
+		if auth != "" && (strings.Join(s.Headers[HeaderKeyID], ",") != "apk-lake" || strings.Join(s.Headers[HeaderPermissions], ",") != "charges:List,reports:All") {
+			t.Fatalf("identity headers: %v", s.Headers)
+		}
+	}
+}
