@@ -3,6 +3,7 @@
 package ratelimit
 
 import (
+	"crypto/sha256"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,11 +33,24 @@ func New(max int, window time.Duration, maxKeys int) *Limiter {
 	return &Limiter{max: max, window: window, maxKeys: maxKeys, entries: make(map[string]*entry)}
 }
 
+// maxSubject is the longest subject kept as is; longer ones (they are chosen
+// by clients: a key ID may fill a 32 KiB header) are kept as their SHA-256.
+const maxSubject = 64
+
+func subjectKey(s string) string {
+	if len(s) <= maxSubject {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "\x00" + string(sum[:])
+}
+
 // Blocked reports whether subject is over its limit and for how long.
 func (l *Limiter) Blocked(subject string, now time.Time) (bool, time.Duration) {
 	if l == nil || subject == "" || l.size.Load() == 0 {
 		return false, 0
 	}
+	subject = subjectKey(subject)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.entries[subject]
@@ -60,6 +74,7 @@ func (l *Limiter) Fail(subject string, now time.Time) {
 	if l == nil || subject == "" {
 		return
 	}
+	subject = subjectKey(subject)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.entries[subject]

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,5 +32,32 @@ func TestLimiterBoundedMemory(t *testing.T) {
 	}
 	if l.Len() > 1000 {
 		t.Fatalf("%d subjects tracked", l.Len())
+	}
+}
+
+// TestLimiterLongSubjects: subjects are attacker-chosen (a key ID in a
+// 16 KiB token request, a 32 KiB header); tracked subjects must cost a bounded
+// number of bytes each, and a long subject must still be counted.
+func TestLimiterLongSubjects(t *testing.T) {
+	l := New(2, time.Minute, 1000)
+	now := time.Now()
+	long := strings.Repeat("k", 16<<10)
+	for i := 0; i < 1000; i++ {
+		l.Fail(fmt.Sprint(i, long), now)
+	}
+	total := 0
+	for k := range l.entries {
+		total += len(k)
+	}
+	if total > 1000*64 {
+		t.Fatalf("%d bytes of subject names held for %d subjects", total, len(l.entries))
+	}
+	l.Fail("x"+long, now)
+	l.Fail("x"+long, now)
+	if b, _ := l.Blocked("x"+long, now); !b {
+		t.Fatal("a long subject is not counted")
+	}
+	if b, _ := l.Blocked("y"+long, now); b {
+		t.Fatal("another long subject is blocked")
 	}
 }
