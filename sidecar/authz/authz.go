@@ -129,10 +129,13 @@ func CompileRules(rs []bundle.Rule, defaultAction string) *Rules {
 
 // Match returns the permission the first matching rule requires; ok is false
 // when no rule matches.
+// Methods match case-insensitively, and HEAD also matches a rule listing GET
+// (upstreams answer HEAD with their GET handler).
 func (rs *Rules) Match(method, path string) (perm string, ok bool) {
+	method = strings.ToUpper(method)
 	for i := range rs.rules {
 		r := &rs.rules[i]
-		if r.methods != nil && !r.methods[method] {
+		if r.methods != nil && !r.methods[method] && (method != "HEAD" || !r.methods["GET"]) {
 			continue
 		}
 		if r.exact[path] {

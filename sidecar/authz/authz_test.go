@@ -25,6 +25,8 @@ func TestRules(t *testing.T) {
 		{"POST", "/reports/x", Allow, "reports:Get"},
 		{"POST", "/charges", MissingPermission, "any:Thing"},
 		{"GET", "/", MissingPermission, "any:Thing"},
+		{"HEAD", "/charges", Allow, "charges:List"},
+		{"get", "/charges/x", Allow, "charges:List"},
 	} {
 		d, p := rs.Authorize(tc.method, tc.path, perms)
 		if d != tc.want || p != tc.perm {
