@@ -260,6 +260,8 @@ type cached struct {
 	id  *Identity
 	exp time.Time
 	nbf time.Time
+	// retires is when the signing key retires (nil: the current key).
+	retires *time.Time
 }
 
 type tokenCache struct {
@@ -294,7 +296,8 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 	e, ok := c.m[h]
 	c.mu.RUnlock()
 	if ok {
-		if now.After(e.exp.Add(token.Leeway)) || now.Add(token.Leeway).Before(e.nbf) {
+		if now.After(e.exp.Add(token.Leeway)) || now.Add(token.Leeway).Before(e.nbf) ||
+			e.retires != nil && !now.Before(*e.retires) {
 			return nil, fail(ReasonBadToken, e.id.KeyID)
 		}
 		if a.Revoked != nil && a.Revoked.Revoked(e.id.Claims.ID) {
@@ -317,7 +320,7 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 		return nil, ferr
 	}
 	id.Raw = raw
-	e = cached{id: id, exp: claims.Expiry.Time()}
+	e = cached{id: id, exp: claims.Expiry.Time(), retires: claims.KeyRetiresAt()}
 	if claims.NotBefore != nil {
 		e.nbf = claims.NotBefore.Time()
 	}

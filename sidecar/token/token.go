@@ -44,7 +44,15 @@ type Claims struct {
 	Perms []string `json:"perms,omitempty"`
 	// CIDRs narrow the addresses the token may be used from.
 	CIDRs []string `json:"cidrs,omitempty"`
+
+	// keyRetiresAt is when the key that signed the token retires (set by
+	// Verify for previous keys).
+	keyRetiresAt *time.Time
 }
+
+// KeyRetiresAt is when the key that signed a verified token stops verifying
+// tokens; nil for the current key.
+func (c *Claims) KeyRetiresAt() *time.Time { return c.keyRetiresAt }
 
 type verifyKey struct {
 	alg       jose.SignatureAlgorithm
@@ -113,7 +121,14 @@ func NewKeyset(keys []bundle.SigningKey, issuer, audience string) (*Keyset, erro
 func (ks *Keyset) Algorithm() string { return string(ks.alg) }
 
 // JWKS is the public keys document (asymmetric keys only).
-func (ks *Keyset) JWKS() jose.JSONWebKeySet { return jose.JSONWebKeySet{Keys: ks.jwks} }
+func (ks *Keyset) JWKS() jose.JSONWebKeySet {
+	// RFC 7517 §5.1: "keys" is an array, also when there is no public key
+	// (HS256); a nil slice would encode as null, which JWKS clients reject.
+	if ks.jwks == nil {
+		return jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
+	}
+	return jose.JSONWebKeySet{Keys: ks.jwks}
+}
 
 // Spec describes a token to issue.
 type Spec struct {
@@ -208,6 +223,7 @@ func (ks *Keyset) Verify(raw string, now time.Time) (*Claims, error) {
 	if err := tok.Claims(vk.key, c); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
+	c.keyRetiresAt = vk.retiresAt
 	if c.Expiry == nil || c.IssuedAt == nil || !ValidID(c.ID) || c.Subject == "" {
 		return nil, ErrClaims
 	}
