@@ -32,3 +32,20 @@ func TestUnderscoreIdentityHeadersRemoved(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodedSlashRefused: rules match the decoded path while the upstream
+// gets the raw one, so a percent-encoded "/" is refused before any rule or
+// public path is consulted.
+func TestEncodedSlashRefused(t *testing.T) {
+	f := chargesFixture()
+	h := newHarness(t, f)
+	auth := basic("apk-lake", f.Secrets["apk-lake"])
+	for _, p := range []string{"/healthz%2F..%2Fcharges", "/charges%2fx", "/a%2Fb"} {
+		if r := h.do("GET", p, "", "Authorization", auth); r.Status != 400 {
+			t.Errorf("GET %s: status %d, want 400", p, r.Status)
+		}
+	}
+	if r := h.do("GET", "/charges/a%20b", "", "Authorization", auth); r.Status != 200 {
+		t.Errorf("GET with an encoded space: status %d, want 200", r.Status)
+	}
+}

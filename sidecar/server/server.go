@@ -201,7 +201,7 @@ func (s *Server) withClientAddr(next http.Handler) http.Handler {
 			return
 		}
 		st.addr = addr
-		if !cleanPath(r.URL.Path) {
+		if !cleanPath(r.URL.Path) || encodedSlash(r.URL.RawPath) {
 			st.result, st.reason = "deny", "unclean_path"
 			writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "path is not in canonical form"})
 			return
@@ -230,6 +230,13 @@ func cleanPath(p string) bool {
 		}
 	}
 	return !strings.ContainsAny(p, "\\\x00")
+}
+
+// encodedSlash reports a percent-encoded "/" in the escaped path: the rules
+// see the decoded path, the upstream may route on the raw one (a public
+// "/healthz%2F..x" could mean something else behind it), so such paths are refused.
+func encodedSlash(rawPath string) bool {
+	return strings.Contains(rawPath, "%2F") || strings.Contains(rawPath, "%2f")
 }
 
 // route sends reserved paths to the sidecar's own endpoints and public paths
