@@ -198,18 +198,19 @@ func TestNextSigning(t *testing.T) {
 
 func TestPruneRevocations(t *testing.T) {
 	data := map[string]string{
-		"gone":  t0.Add(-time.Second).Format(time.RFC3339),
-		"now":   t0.Format(time.RFC3339),
-		"later": t0.Add(time.Hour).Format(time.RFC3339),
-		"soon":  t0.Add(time.Minute).Format(time.RFC3339),
-		"bad":   "not a time",
+		"gone":   t0.Add(-bundle.TokenLeeway - time.Second).Format(time.RFC3339),
+		"now":    t0.Add(-bundle.TokenLeeway).Format(time.RFC3339),
+		"leeway": t0.Add(-time.Second).Format(time.RFC3339), // expired, but sidecars still accept it
+		"later":  t0.Add(time.Hour).Format(time.RFC3339),
+		"soon":   t0.Add(time.Minute).Format(time.RFC3339),
+		"bad":    "not a time",
 	}
 	kept, next := pruneRevocations(data, t0)
-	if len(kept) != 3 || kept["later"] == "" || kept["soon"] == "" || kept["bad"] == "" {
+	if len(kept) != 4 || kept["leeway"] == "" || kept["later"] == "" || kept["soon"] == "" || kept["bad"] == "" {
 		t.Fatalf("kept %v", kept)
 	}
-	if !next.Equal(t0.Add(time.Minute)) {
-		t.Fatalf("next expiry %v, want %v", next, t0.Add(time.Minute))
+	if want := t0.Add(-time.Second + bundle.TokenLeeway); !next.Equal(want) {
+		t.Fatalf("next prune %v, want %v", next, want)
 	}
 }
 

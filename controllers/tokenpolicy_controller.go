@@ -203,8 +203,9 @@ func (r *TokenPolicyReconciler) ensureRevocations(ctx context.Context, pass *pol
 	return ctrl.Result{RequeueAfter: requeueAt(pass.now, next)}, nil
 }
 
-// pruneRevocations drops entries whose token expired at or before now and
-// returns the soonest expiry left. Unparseable expiries are kept (a sidecar
+// pruneRevocations drops entries whose token expired, with the sidecars'
+// leeway (bundle.TokenLeeway), at or before now, and returns the soonest such
+// time left. Unparseable expiries are kept (a sidecar
 // refusing a token for too long is safer than forgetting a revocation).
 func pruneRevocations(data map[string]string, now time.Time) (map[string]string, time.Time) {
 	kept := make(map[string]string, len(data))
@@ -215,6 +216,9 @@ func pruneRevocations(data map[string]string, now time.Time) (map[string]string,
 			kept[jti] = v
 			continue
 		}
+		// Sidecars accept a token until exp + TokenLeeway; a revocation
+		// pruned earlier would let the revoked token back in meanwhile.
+		exp = exp.Add(bundle.TokenLeeway)
 		if !now.Before(exp) {
 			continue
 		}

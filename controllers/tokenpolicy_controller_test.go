@@ -152,7 +152,7 @@ func TestRevocationPruning(t *testing.T) {
 	r := &TokenPolicyReconciler{Client: m.client, Clock: clk, Recorder: discardRecorder{}}
 	res, err := r.Reconcile(context.Background(), reconcileRequest(ns, "p"))
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(res.RequeueAfter).To(BeNumerically("~", 5*time.Minute, 2*time.Second))
+	g.Expect(res.RequeueAfter).To(BeNumerically("~", 5*time.Minute+bundle.TokenLeeway, 2*time.Second))
 
 	clk.Step(6 * time.Minute)
 	poke(t, policy)

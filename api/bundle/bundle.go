@@ -25,9 +25,15 @@ const SecretDataKey = "bundle.json"
 // SecretName is the name of the bundle Secret of a TokenPolicy.
 func SecretName(policy string) string { return "keygate-" + policy }
 
+// TokenLeeway is the clock skew sidecars tolerate on a token's exp, nbf and
+// iat: a token is accepted until exp + TokenLeeway, so its revocation must be
+// kept at least that long.
+const TokenLeeway = 30 * time.Second
+
 // RevocationsConfigMapName is the name of the revocations ConfigMap of a
 // TokenPolicy. Its data maps a revoked token's ID (jti) to the token's expiry
-// in RFC 3339; entries are pruned once the token has expired.
+// in RFC 3339; entries are pruned once the token has expired and TokenLeeway
+// has passed.
 func RevocationsConfigMapName(policy string) string { return "keygate-" + policy + "-revocations" }
 
 // Bundle is everything a sidecar needs to enforce one TokenPolicy.

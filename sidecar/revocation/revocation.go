@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keygate-dev/keygate/api/bundle"
 )
 
 // Set is the revoked token IDs in force. Reads are lock-free.
@@ -44,7 +46,8 @@ func (s *Set) Len() int { return len(*s.m.Load()) }
 func (s *Set) Replace(entries map[string]time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	// A token verifies until exp + bundle.TokenLeeway: keep its entry as long.
+	now := time.Now().Add(-bundle.TokenLeeway)
 	next := make(map[string]time.Time, len(entries))
 	maps.Copy(next, entries)
 	for k, v := range *s.m.Load() {

@@ -21,8 +21,9 @@ import (
 // MaxSize is the largest token accepted, in bytes.
 const MaxSize = 8 << 10
 
-// Leeway is the clock skew tolerated on exp, nbf and iat.
-const Leeway = 30 * time.Second
+// Leeway is the clock skew tolerated on exp, nbf and iat; the operator keeps
+// a revocation until the token's exp + Leeway.
+const Leeway = bundle.TokenLeeway
 
 // Errors returned by Verify. They never reach a client: every failure is one
 // generic 401.
