@@ -49,3 +49,20 @@ func TestEncodedSlashRefused(t *testing.T) {
 		t.Errorf("GET with an encoded space: status %d, want 200", r.Status)
 	}
 }
+
+// TestClientAddressHeadersReplaced: client-address headers a client sends
+// never reach the upstream; X-Real-Ip carries the address the sidecar resolved.
+func TestClientAddressHeadersReplaced(t *testing.T) {
+	f := chargesFixture()
+	h := newHarness(t, f)
+	s := h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"]),
+		"X-Real-IP", "10.9.9.9", "True-Client-IP", "10.9.9.9", "CF-Connecting-IP", "10.9.9.9", "X-Client-IP", "10.9.9.9").seen(t)
+	for _, k := range []string{"True-Client-Ip", "Cf-Connecting-Ip", "X-Client-Ip"} {
+		if v, ok := s.Headers[k]; ok {
+			t.Errorf("upstream got %s: %v", k, v)
+		}
+	}
+	if got := strings.Join(s.Headers["X-Real-Ip"], ","); got != "127.0.0.1" {
+		t.Errorf("X-Real-Ip = %q, want the socket peer 127.0.0.1", got)
+	}
+}

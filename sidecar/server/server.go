@@ -462,6 +462,14 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 				}
 			}
 			delete(h, "Authorization")
+			// Client-address headers other proxies use are not the sidecar's
+			// word: an upstream trusting them would take the client's.
+			for _, k := range clientAddressHeaders {
+				delete(h, k)
+			}
+			if st != nil && st.addr.IsValid() {
+				h["X-Real-Ip"] = []string{st.addr.String()}
+			}
 			if st != nil && st.rt != nil && st.rt.Policy.APIKeyHeader != "" {
 				h.Del(st.rt.Policy.APIKeyHeader)
 			}
@@ -491,6 +499,10 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 // reservedHeader reports whether an inbound header name is X-Keygate-* in
 // any case, also with underscores for hyphens: CGI-style upstreams (WSGI,
 // PHP, Rack) read X_Keygate_Key_Id as the same HTTP_X_KEYGATE_KEY_ID.
+// clientAddressHeaders are removed from proxied requests; X-Real-Ip is then
+// set to the client address the sidecar resolved (trusted proxies honoured).
+var clientAddressHeaders = []string{"X-Real-Ip", "True-Client-Ip", "Cf-Connecting-Ip", "X-Client-Ip", "X-Cluster-Client-Ip", "Fastly-Client-Ip"}
+
 func reservedHeader(k string) bool {
 	if len(k) < len(headerPrefix) {
 		return false
