@@ -42,7 +42,7 @@ func build(binary, tag, out, caCerts string) error {
 	if binary == "" || tag == "" || out == "" {
 		return fmt.Errorf("-binary, -tag and -out are required")
 	}
-	ref, err := name.NewTag(tag, name.StrictValidation)
+	ref, err := name.NewTag(tag)
 	if err != nil {
 		return fmt.Errorf("parse tag %q: %w", tag, err)
 	}
