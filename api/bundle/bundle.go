@@ -6,13 +6,13 @@
 package bundle
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 )
 
@@ -140,7 +140,7 @@ func Marshal(b *Bundle) ([]byte, error) { return json.Marshal(b) }
 // rejected whole, with every problem found.
 func Parse(data []byte) (*Bundle, error) {
 	b := &Bundle{}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(b); err != nil {
 		return nil, fmt.Errorf("decode bundle: %w", err)

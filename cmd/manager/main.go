@@ -65,6 +65,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	watched := splitNamespaces(namespaces)
 	opts := ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
@@ -74,7 +75,7 @@ func run(ctx context.Context, args []string) error {
 		LeaderElectionNamespace: leaderElectionNamespace,
 		// Leaving at once on shutdown lets a new leader start without waiting for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
-		Cache:                         controllers.CacheOptions(splitNamespaces(namespaces)),
+		Cache:                         controllers.CacheOptions(watched),
 	}
 	if *enableInjection {
 		opts.WebhookServer = inject.WebhookServer()
@@ -91,7 +92,7 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	if *enableInjection {
-		inject.Namespaces = splitNamespaces(namespaces)
+		inject.Namespaces = watched
 		if err := podinject.Setup(mgr, &inject); err != nil {
 			return fmt.Errorf("set up sidecar injection: %w", err)
 		}
