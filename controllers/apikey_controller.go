@@ -68,7 +68,7 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		}
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, key, patch)))
 	}()
-	return runPhases(ctx, key, r.ensureCredentials, r.checkReady)
+	return runPhases(ctx, key, r.ensureCredentials, r.checkReady, r.checkUsage)
 }
 
 // runPhases runs phases until one fails and returns the soonest requeue.

@@ -30,6 +30,10 @@ func init() {
 var apiKeysDesc = prometheus.NewDesc("keygate_apikeys",
 	"ApiKeys by the status and reason of a condition.", []string{"condition", "status", "reason"}, nil)
 
+// staleDesc describes keygate_apikeys_stale.
+var staleDesc = prometheus.NewDesc("keygate_apikeys_stale",
+	"ApiKeys with the condition Stale=True (unused for their policy's staleAfter), by namespace and policy.", []string{"namespace", "policy"}, nil)
+
 // ApiKeyCollector reports keygate_apikeys from the manager's cache at scrape
 // time, so the figure is always what the API server holds.
 type ApiKeyCollector struct{ Reader client.Reader }
@@ -40,15 +44,18 @@ func RegisterMetrics(reader client.Reader) error {
 }
 
 // Describe implements prometheus.Collector.
-func (c ApiKeyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- apiKeysDesc }
+func (c ApiKeyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- apiKeysDesc; ch <- staleDesc }
 
 // Collect implements prometheus.Collector.
 func (c ApiKeyCollector) Collect(ch chan<- prometheus.Metric) {
 	list := &keygatev1.ApiKeyList{}
 	if err := c.Reader.List(context.Background(), list); err != nil {
 		ch <- prometheus.NewInvalidMetric(apiKeysDesc, err)
+		ch <- prometheus.NewInvalidMetric(staleDesc, err)
 		return
 	}
+	type policyRef struct{ namespace, name string }
+	stale := map[policyRef]int{}
 	type labels struct{ status, reason string }
 	counts := map[labels]int{}
 	for i := range list.Items {
@@ -57,6 +64,15 @@ func (c ApiKeyCollector) Collect(ch chan<- prometheus.Metric) {
 			l = labels{string(cond.Status), cond.Reason}
 		}
 		counts[l]++
+		p := policyRef{list.Items[i].Namespace, list.Items[i].Spec.PolicyRef.Name}
+		n := stale[p] // every policy with keys reports, 0 included
+		if meta.IsStatusConditionTrue(list.Items[i].Status.Conditions, keygatev1.ConditionStale) {
+			n++
+		}
+		stale[p] = n
+	}
+	for p, n := range stale {
+		ch <- prometheus.MustNewConstMetric(staleDesc, prometheus.GaugeValue, float64(n), p.namespace, p.name)
 	}
 	for l, n := range counts {
 		ch <- prometheus.MustNewConstMetric(apiKeysDesc, prometheus.GaugeValue, float64(n), keygatev1.ConditionReady, l.status, l.reason)

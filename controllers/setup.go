@@ -78,6 +78,7 @@ func (r *ApiKeyReconciler) setup(mgr manager.Manager, concurrency int) error {
 		Watches(&keygatev1.TokenPolicy{}, handler.EnqueueRequestsFromMapFunc(r.keysOfPolicy),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&keygatev1.ApiKey{}, siblingHandler{r}).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.keysOfUsage)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
 	if err != nil {
@@ -89,6 +90,14 @@ func (r *ApiKeyReconciler) setup(mgr manager.Manager, concurrency int) error {
 // keysOfPolicy maps a TokenPolicy to its ApiKeys (it appeared, went, or its limit changed).
 func (r *ApiKeyReconciler) keysOfPolicy(ctx context.Context, o client.Object) []reconcile.Request {
 	return r.requestsForPolicy(ctx, o.GetNamespace(), o.GetName())
+}
+
+// keysOfUsage maps a policy's usage ConfigMap to the policy's ApiKeys.
+func (r *ApiKeyReconciler) keysOfUsage(ctx context.Context, o client.Object) []reconcile.Request {
+	if !isUsageConfigMap(o) {
+		return nil
+	}
+	return r.requestsForPolicy(ctx, o.GetNamespace(), o.GetLabels()[keygatev1.LabelTokenPolicy])
 }
 
 func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, policy string) []reconcile.Request {
@@ -168,7 +177,9 @@ func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) erro
 		Owns(&corev1.Secret{}, builder.WithPredicates(predicate.Funcs{
 			UpdateFunc: func(e event.UpdateEvent) bool { return !r.isOwnBundleWrite(e.ObjectNew) },
 		})).
-		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.ConfigMap{}, builder.WithPredicates(predicate.Funcs{
+			UpdateFunc: func(e event.UpdateEvent) bool { return !isUsageConfigMap(e.ObjectNew) },
+		})).
 		Watches(&keygatev1.ApiKey{}, policyOf(policyOfApiKey), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Secret{}, policyOf(policyOfCredentials)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).

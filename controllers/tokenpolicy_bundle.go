@@ -61,6 +61,10 @@ func resolvePolicy(p *keygatev1.TokenPolicy) bundle.Policy {
 		PublicPaths:    orDefault(toStrings(s.PublicPaths), "/healthz"),
 		DefaultAction:  string(s.DefaultAction),
 	}
+	out.RateLimit = bundleRateLimit(s.RateLimit)
+	if s.Enforcement == keygatev1.EnforcementAudit {
+		out.Enforcement = bundle.EnforcementAudit
+	}
 	if out.DefaultAction == "" {
 		out.DefaultAction = string(keygatev1.ActionDeny)
 	}
@@ -94,8 +98,9 @@ func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, hashKey []byte, now
 		k.Secrets = append(k.Secrets, bundle.SecretDigest{Digest: prev.Digest, Version: prev.Version, ExpiresAt: &exp})
 	}
 	for _, cl := range key.Spec.Clients {
-		k.Clients = append(k.Clients, bundle.Client{Key: cl.Key, Permissions: toStrings(cl.Permissions)})
+		k.Clients = append(k.Clients, bundle.Client{Key: cl.Key, Permissions: toStrings(cl.Permissions), RateLimit: bundleRateLimit(cl.RateLimit)})
 	}
+	k.RateLimit = bundleRateLimit(key.Spec.RateLimit)
 	if key.Spec.ExpiresAt != nil {
 		exp := key.Spec.ExpiresAt.UTC()
 		k.ExpiresAt = &exp
@@ -119,4 +124,17 @@ func keyWakeups(key *keygatev1.ApiKey, secret *corev1.Secret) []time.Time {
 
 func sortKeys(keys []bundle.Key) {
 	sort.Slice(keys, func(i, j int) bool { return keys[i].KeyID < keys[j].KeyID })
+}
+
+// bundleRateLimit is a rate limit with its defaults applied: per 1s, burst
+// the number of requests.
+func bundleRateLimit(l *keygatev1.RateLimit) *bundle.RateLimit {
+	if l == nil || l.Requests <= 0 {
+		return nil
+	}
+	out := &bundle.RateLimit{Requests: int64(l.Requests), PerMillis: durationOr(l.Per, time.Second).Milliseconds(), Burst: int64(l.Requests)}
+	if l.Burst != nil && *l.Burst > 0 {
+		out.Burst = int64(*l.Burst)
+	}
+	return out
 }

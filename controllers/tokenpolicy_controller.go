@@ -85,7 +85,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
 	}()
 	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second)}
-	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle)
+	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureUsage, r.ensureBundle)
 }
 
 // ownedObject stamps the labels and owner reference of a TokenPolicy's child.
@@ -301,6 +301,10 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 
 	p.Status.ApiKeys = int32(len(b.Keys)) //nolint:gosec // at most maxApiKeys (≤ 10000)
 	p.Status.BundleSecretName = name
+	p.Status.Enforcement = keygatev1.EnforcementEnforce
+	if b.Policy.Enforcement == bundle.EnforcementAudit {
+		p.Status.Enforcement = keygatev1.EnforcementAudit
+	}
 	meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
 		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
 		Message: fmt.Sprintf("Bundle Secret %s holds %d ApiKeys and %d signing keys.", name, len(b.Keys), len(b.SigningKeys))})

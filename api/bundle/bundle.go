@@ -36,6 +36,12 @@ const TokenLeeway = 30 * time.Second
 // has passed.
 func RevocationsConfigMapName(policy string) string { return "keygate-" + policy + "-revocations" }
 
+// UsageConfigMapName is the name of the usage ConfigMap of a TokenPolicy.
+// The sidecars merge-patch into its data, at most once a minute each, the key
+// IDs that authenticated, mapped to the minute (RFC 3339, UTC) in which they
+// last did; the operator folds it into ApiKey.status.lastUsedTime.
+func UsageConfigMapName(policy string) string { return "keygate-" + policy + "-usage" }
+
 // Bundle is everything a sidecar needs to enforce one TokenPolicy.
 type Bundle struct {
 	// Version is FormatVersion.
@@ -70,7 +76,23 @@ type Policy struct {
 	Rules                 []Rule   `json:"rules,omitempty"`
 	// DefaultAction is "Deny" or "Authenticated".
 	DefaultAction string `json:"defaultAction"`
+	// Enforcement is "Audit", or empty for Enforce (left out, so that bundles
+	// of Enforce policies keep their bytes).
+	Enforcement string `json:"enforcement,omitempty"`
+	// RateLimit is the default request rate limit of the policy's keys.
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 }
+
+// RateLimit is a token bucket: Burst requests at once, refilled at Requests
+// per PerMillis milliseconds; enforced by each sidecar on its own.
+type RateLimit struct {
+	Requests  int64 `json:"requests"`
+	PerMillis int64 `json:"perMillis"`
+	Burst     int64 `json:"burst"`
+}
+
+// EnforcementAudit is Policy.Enforcement of a policy in Audit mode.
+const EnforcementAudit = "Audit"
 
 // Rule maps requests to the permission they need; the first match wins.
 type Rule struct {
@@ -109,6 +131,8 @@ type Key struct {
 	Clients      []Client       `json:"clients,omitempty"`
 	// ExpiresAt is when the key itself stops working, if ever.
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	// RateLimit is the key's own request rate limit (else the policy's).
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 }
 
 // SecretDigest is HMAC-SHA256(Bundle.HashKey, secret) of one secret.
@@ -122,6 +146,8 @@ type SecretDigest struct {
 type Client struct {
 	Key         string   `json:"key"`
 	Permissions []string `json:"permissions,omitempty"`
+	// RateLimit is the client's own request rate limit (else the key's).
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 }
 
 // Digest returns HMAC-SHA256(hashKey, secret), the form in which a secret is
@@ -174,6 +200,9 @@ func (b *Bundle) Validate() error {
 	if p.DefaultAction != "Deny" && p.DefaultAction != "Authenticated" {
 		bad("policy.defaultAction %q is not Deny or Authenticated", p.DefaultAction)
 	}
+	if p.Enforcement != "" && p.Enforcement != EnforcementAudit {
+		bad("policy.enforcement %q is not Audit (Enforce is written as empty)", p.Enforcement)
+	}
 	checkCIDRs := func(field string, cidrs []string) {
 		for _, c := range cidrs {
 			if _, err := netip.ParsePrefix(c); err != nil {
@@ -199,6 +228,12 @@ func (b *Bundle) Validate() error {
 			bad("signingKeys[%d] needs kid, alg and jwk", i)
 		}
 	}
+	checkLimit := func(field string, l *RateLimit) {
+		if l != nil && (l.Requests <= 0 || l.PerMillis <= 0 || l.Burst <= 0) {
+			bad("%s: requests, perMillis and burst must be positive", field)
+		}
+	}
+	checkLimit("policy.rateLimit", p.RateLimit)
 	seen := make(map[string]bool, len(b.Keys))
 	for i, k := range b.Keys {
 		if k.KeyID == "" {
@@ -217,6 +252,10 @@ func (b *Bundle) Validate() error {
 			}
 		}
 		checkCIDRs(fmt.Sprintf("keys[%d].allowedCIDRs", i), k.AllowedCIDRs)
+		checkLimit(fmt.Sprintf("keys[%d].rateLimit", i), k.RateLimit)
+		for j, c := range k.Clients {
+			checkLimit(fmt.Sprintf("keys[%d].clients[%d].rateLimit", i, j), c.RateLimit)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -32,6 +32,12 @@ type ApiKeyClient struct {
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=32
 	Permissions []Permission `json:"permissions,omitempty"`
+
+	// rateLimit applies to requests carrying this client's tokens or client
+	// key, in a bucket of the client's own, per sidecar replica. Unset means
+	// the key's limit, shared with the key's other callers.
+	// +optional
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 }
 
 // KeyRotation schedules automatic secret rotation.
@@ -105,6 +111,13 @@ type ApiKeySpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	SecretName string `json:"secretName,omitempty"`
+
+	// rateLimit is the key's request rate limit, enforced by each sidecar
+	// replica (with N replicas the key may get up to N times the limit); its
+	// token requests count in a bucket of their own with the same limit.
+	// Unset means the policy's rateLimit, if any.
+	// +optional
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 }
 
 // ApiKeyStatus is the observed state of an ApiKey. It never holds a secret.
@@ -139,11 +152,17 @@ type ApiKeyStatus struct {
 	// +optional
 	LastRotateRequest string `json:"lastRotateRequest,omitempty"`
 
+	// lastUsedTime is the minute in which a request last authenticated with
+	// the key (or one of its tokens), as the sidecars report it; unset if never.
+	// +optional
+	LastUsedTime *metav1.Time `json:"lastUsedTime,omitempty"`
+
 	// observedGeneration is the generation the status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions describe the key's state; Ready tells whether it works.
+	// conditions describe the key's state; Ready tells whether it works,
+	// Stale whether it went unused for the policy's staleAfter.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -159,6 +178,7 @@ type ApiKeyStatus struct {
 // +kubebuilder:printcolumn:name="Key ID",type=string,JSONPath=`.status.keyID`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastUsedTime`
 // +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.status.expiresAt`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ApiKey struct {

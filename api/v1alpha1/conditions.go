@@ -8,6 +8,8 @@ const (
 	ConditionReconciling = "Reconciling"
 	// ConditionStalled is True when the spec cannot be acted on until it changes.
 	ConditionStalled = "Stalled"
+	// ConditionStale is True on a Ready ApiKey unused for its policy's staleAfter.
+	ConditionStale = "Stale"
 )
 
 // Condition reasons; Events use the same words.
@@ -26,6 +28,10 @@ const (
 	ReasonReconcileFailed = "ReconcileFailed"
 	// ReasonBundleTooLarge: a TokenPolicy's bundle would not fit in a Secret (1 MiB).
 	ReasonBundleTooLarge = "BundleTooLarge"
+	// ReasonUnused: the key went unused for staleAfter (Stale=True).
+	ReasonUnused = "Unused"
+	// ReasonRecentlyUsed: the key was used within staleAfter (Stale=False).
+	ReasonRecentlyUsed = "RecentlyUsed"
 )
 
 // Labels and annotations.

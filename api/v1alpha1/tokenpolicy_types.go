@@ -44,6 +44,19 @@ const (
 	ActionAuthenticated DefaultAction = "Authenticated"
 )
 
+// Enforcement says whether the sidecars refuse the requests the policy denies.
+// +kubebuilder:validation:Enum=Enforce;Audit
+type Enforcement string
+
+// Enforcement modes.
+const (
+	// EnforcementEnforce refuses denied requests (401, 403, 429).
+	EnforcementEnforce Enforcement = "Enforce"
+	// EnforcementAudit forwards denied requests with X-Keygate-Decision saying
+	// what Enforce would have done.
+	EnforcementAudit Enforcement = "Audit"
+)
+
 // Signing configures how tokens are signed.
 type Signing struct {
 	// algorithm of the token signatures: EdDSA (Ed25519), ES256, RS256 or HS256.
@@ -219,6 +232,38 @@ type TokenPolicySpec struct {
 	// +optional
 	// +kubebuilder:default=Deny
 	DefaultAction DefaultAction `json:"defaultAction,omitempty"`
+
+	// enforcement is Enforce (the default): requests the policy denies are
+	// refused; or Audit: on the request path to the workload nothing is
+	// refused, every request is forwarded with the header
+	// "X-Keygate-Decision: allow" or "deny; reason=<unauthenticated|
+	// forbidden:<permission>|cidr|revoked|ratelimited>", denials are logged and
+	// counted in keygate_sidecar_audit_denials_total. Identity headers are set
+	// only for callers that authenticated. The token endpoint, revocation and
+	// introspection behave as under Enforce. Use Audit to roll a policy out:
+	// watch the denial metric fall to zero, then switch to Enforce.
+	// +optional
+	// +kubebuilder:default=Enforce
+	Enforcement Enforcement `json:"enforcement,omitempty"`
+
+	// rateLimit is the request rate limit of every key of the policy that sets
+	// none of its own, enforced per key by each sidecar replica (with N
+	// replicas a key may get up to N times the limit). The token endpoint
+	// counts a key's token requests in a bucket of their own with the same
+	// limit. Unset means no limit.
+	// +optional
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+
+	// staleAfter marks a Ready key of the policy Stale (condition Stale=True,
+	// an Event, the keygate_apikeys_stale metric) once no request has
+	// authenticated with it for this long, or, if it was never used, this long
+	// after its creation. Nothing is disabled automatically. Usage is recorded
+	// by the sidecars to the minute. Unset turns stale detection off.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="staleAfter must be at least 1h"
+	StaleAfter *metav1.Duration `json:"staleAfter,omitempty"`
 }
 
 // TokenPolicyStatus is the observed state of a TokenPolicy.
@@ -230,6 +275,11 @@ type TokenPolicyStatus struct {
 	// signingKeyID is the key ID ("kid") of the current signing key.
 	// +optional
 	SigningKeyID string `json:"signingKeyID,omitempty"`
+
+	// enforcement is the mode the sidecars enforce, from the bundle last
+	// written: Enforce or Audit.
+	// +optional
+	Enforcement Enforcement `json:"enforcement,omitempty"`
 
 	// bundleSecretName is the Secret the sidecars read, keygate-<policy>.
 	// +optional
@@ -254,6 +304,7 @@ type TokenPolicyStatus struct {
 // +kubebuilder:printcolumn:name="Issuer",type=string,JSONPath=`.spec.issuer`
 // +kubebuilder:printcolumn:name="Algorithm",type=string,JSONPath=`.spec.signing.algorithm`
 // +kubebuilder:printcolumn:name="Keys",type=integer,JSONPath=`.status.apiKeys`
+// +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.status.enforcement`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type TokenPolicy struct {

@@ -100,6 +100,7 @@ func TestDefaultsAreApplied(t *testing.T) {
 		{"maxApiKeys", itoa(int(s.MaxApiKeys)), "40"},
 		{"publicPaths", joinPaths(s.PublicPaths), "/healthz"},
 		{"defaultAction", string(s.DefaultAction), "Deny"},
+		{"enforcement", string(s.Enforcement), "Enforce"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -109,10 +110,13 @@ func TestDefaultsAreApplied(t *testing.T) {
 
 	ak := &keygatev1.ApiKey{}
 	mustUnmarshal(t, `{"apiVersion":"keygate.dev/v1alpha1","kind":"ApiKey","metadata":{"name":"k"},
-		"spec":{"policyRef":{"name":"p"},"rotation":{"interval":"720h"}}}`, ak)
+		"spec":{"policyRef":{"name":"p"},"rotation":{"interval":"720h"},"rateLimit":{"requests":5}}}`, ak)
 	ak.Namespace = ns
 	if err := k8sClient.Create(ctx, ak); err != nil {
 		t.Fatal(err)
+	}
+	if rl := ak.Spec.RateLimit; rl == nil || rl.Per == nil || rl.Per.Duration.String() != "1s" || rl.Burst != nil {
+		t.Errorf("ApiKey rateLimit defaulted to %+v, want per 1s and burst unset (the bundle uses requests)", rl)
 	}
 	if ak.Spec.Rotation.GracePeriod == nil || ak.Spec.Rotation.GracePeriod.Duration.String() != "24h0m0s" {
 		t.Errorf("ApiKey rotation.gracePeriod defaulted to %v, want 24h", ak.Spec.Rotation.GracePeriod)
@@ -194,6 +198,24 @@ func TestInvalidManifestsAreRefused(t *testing.T) {
 			[]string{"spec.rules[0].methods[0]", "Unsupported value"}},
 		{"unknown defaultAction", policy + `{` + okPolicy + `,"defaultAction":"Allow"}}`,
 			[]string{"spec.defaultAction", "Unsupported value"}},
+		{"staleAfter too short", policy + `{` + okPolicy + `,"staleAfter":"10m"}}`,
+			[]string{"spec.staleAfter", "at least 1h"}},
+		{"staleAfter not a duration", policy + `{` + okPolicy + `,"staleAfter":"30d"}}`,
+			[]string{"spec.staleAfter"}},
+		{"unknown enforcement", policy + `{` + okPolicy + `,"enforcement":"DryRun"}}`,
+			[]string{"spec.enforcement", "Unsupported value"}},
+		{"rate limit without requests", policy + `{` + okPolicy + `,"rateLimit":{"per":"1s"}}}`,
+			[]string{"spec.rateLimit.requests", "Required value"}},
+		{"rate limit of zero requests", policy + `{` + okPolicy + `,"rateLimit":{"requests":0}}}`,
+			[]string{"spec.rateLimit.requests"}},
+		{"rate limit period too short", policy + `{` + okPolicy + `,"rateLimit":{"requests":10,"per":"100ms"}}}`,
+			[]string{"spec.rateLimit.per", "between 1s and 24h"}},
+		{"rate limit period not a duration", key + `{"policyRef":{"name":"p"},"rateLimit":{"requests":10,"per":"minute"}}}`,
+			[]string{"spec.rateLimit.per"}},
+		{"rate limit burst zero", key + `{"policyRef":{"name":"p"},"rateLimit":{"requests":10,"burst":0}}}`,
+			[]string{"spec.rateLimit.burst"}},
+		{"client rate limit too high", key + `{"policyRef":{"name":"p"},"clients":[{"key":"acme","rateLimit":{"requests":2000000}}]}}`,
+			[]string{"spec.clients[0].rateLimit.requests"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -25,15 +25,18 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/config"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 	"github.com/keygate-dev/keygate/sidecar/server"
+	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
-const usage = `keygate sidecar: authenticates and authorises every request to the workload
+const usageText = `keygate sidecar: authenticates and authorises every request to the workload
 beside it (HTTP Basic, bearer JWTs, API-key header; CIDRs; per-route
 permissions), serves the token endpoint, and proxies allowed requests to
 127.0.0.1:<upstream-port>.
 
 Kubernetes mode (default): watches the Secret keygate-<policy> and the
-ConfigMap keygate-<policy>-revocations in --namespace.
+ConfigMap keygate-<policy>-revocations in --namespace, and merge-patches
+the minute each key ID last authenticated into keygate-<policy>-usage, at
+most once a minute.
 File mode: --bundle-file (and --revocations-file), reloaded on change.
 
 Admin port: /healthz, /readyz, /metrics.
@@ -56,7 +59,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.Usage = func() {
 		// Best effort, like flag.PrintDefaults: there is nowhere else to report a failed write of the usage text.
-		_, _ = fmt.Fprint(fs.Output(), usage)
+		_, _ = fmt.Fprint(fs.Output(), usageText)
 		fs.PrintDefaults()
 	}
 	policy := fs.String("policy", "", "name of the TokenPolicy to enforce (Kubernetes mode)")
@@ -72,6 +75,7 @@ func run(ctx context.Context, args []string) error {
 	readTimeout := fs.Duration("read-timeout", server.DefaultTimeouts.Read, "main listener read timeout")
 	writeTimeout := fs.Duration("write-timeout", server.DefaultTimeouts.Write, "main listener write timeout")
 	failureLimit := fs.Int("failure-limit", 20, "failed authentications per minute per key ID and per address before 429")
+	keyMetrics := fs.Int("ratelimit-key-metrics", 0, "label keygate_sidecar_ratelimited_by_key_total with up to this many key IDs (0: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,6 +108,8 @@ func run(ctx context.Context, args []string) error {
 	store := &config.Store{}
 	revoked := revocation.NewSet()
 	var revStore revocation.Store
+	var recorder *usage.Recorder // Kubernetes mode only: usage goes to the policy's usage ConfigMap
+	var usageDone chan struct{}  // closed once the usage publisher has made its last write
 	if *bundleFile != "" {
 		go config.WatchBundleFile(srcCtx, *bundleFile, store, log)
 		if *revFile != "" {
@@ -128,6 +134,14 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}
 		kube := &config.Kubernetes{Client: client, Namespace: *namespace, Policy: *policy, Store: store, Revoked: revoked, Log: log}
+		recorder = usage.NewRecorder()
+		store.OnChange(func(rt *config.Runtime) {
+			recorder.Forget(func(keyID string) bool { return rt.Keys[keyID] != nil })
+		})
+		pub := &usage.Publisher{Recorder: recorder, Sink: &usage.ConfigMap{Client: client, Namespace: *namespace, Name: bundle.UsageConfigMapName(*policy)},
+			OnError: func(err error) { log.Warn("Failed to publish key usage; retrying in a minute", "error", err) }}
+		usageDone = make(chan struct{})
+		go func() { pub.Run(srcCtx); close(usageDone) }()
 		go func() {
 			if err := kube.Run(srcCtx); err != nil && srcCtx.Err() == nil {
 				log.Error("Kubernetes source stopped", "error", err)
@@ -137,9 +151,10 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	metrics := server.NewMetrics(store)
+	metrics.EnableKeyLabels(*keyMetrics)
 	upstream := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(*upstreamPort))}
 	srv := server.New(server.Options{Store: store, Revoked: revoked, Revocations: revStore, Upstream: upstream,
-		Log: log, Metrics: metrics, FailureLimit: *failureLimit})
+		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder})
 	t := server.DefaultTimeouts
 	t.Read, t.Write = *readTimeout, *writeTimeout
 	main := server.NewHTTPServer(srv.Handler(), t)
@@ -170,6 +185,9 @@ func run(ctx context.Context, args []string) error {
 	err = main.Shutdown(sctx)
 	_ = admin.Close()
 	stopSources()
+	if usageDone != nil {
+		<-usageDone // the final usage write is bounded (2s)
+	}
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("drain: %w", err)
 	}

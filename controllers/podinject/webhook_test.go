@@ -173,6 +173,7 @@ func TestSidecarAccess(t *testing.T) {
 	g.Expect(role.Rules).To(Equal([]rbacv1.PolicyRule{
 		{Verbs: []string{"get", "list", "watch"}, APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"keygate-payments-api"}},
 		{Verbs: []string{"get", "list", "watch", "patch"}, APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"keygate-payments-api-revocations"}},
+		{Verbs: []string{"patch"}, APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"keygate-payments-api-usage"}},
 	}))
 	g.Expect(binding.Subjects).To(Equal([]rbacv1.Subject{
 		{Kind: "ServiceAccount", Name: "web-sa", Namespace: ns},

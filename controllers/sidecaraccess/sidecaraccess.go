@@ -1,7 +1,7 @@
 // Package sidecaraccess gives injected sidecars exactly the API access they
 // need: for each TokenPolicy that injected pods use, a Role allowing
-// get/list/watch on the policy's bundle Secret and get/list/watch/patch on its
-// revocations ConfigMap, both by name, and a RoleBinding of that Role to the
+// get/list/watch on the policy's bundle Secret, get/list/watch/patch on its
+// revocations ConfigMap and patch on its usage ConfigMap, all by name, and a RoleBinding of that Role to the
 // service accounts of those pods. The TokenPolicy owns both objects; they go
 // when no injected pod of the policy is left, or with the policy.
 package sidecaraccess
@@ -241,6 +241,8 @@ func Rules(policy string) []rbacv1.PolicyRule {
 			Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{bundle.RevocationsConfigMapName(policy)},
 			Verbs: []string{"get", "list", "watch", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{bundle.UsageConfigMapName(policy)},
+			Verbs: []string{"patch"}},
 	}
 }
 

@@ -67,6 +67,7 @@ func TestRulesNameOnlyThePolicysObjects(t *testing.T) {
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"keygate-billing"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"keygate-billing-revocations"}, Verbs: []string{"get", "list", "watch", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"keygate-billing-usage"}, Verbs: []string{"patch"}},
 	}
 	if got := Rules("billing"); !reflect.DeepEqual(got, want) {
 		t.Errorf("Rules = %#v", got)

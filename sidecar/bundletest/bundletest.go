@@ -71,6 +71,24 @@ func WithClient(key string, perms ...string) KeyOption {
 	return func(k *bundle.Key) { k.Clients = append(k.Clients, bundle.Client{Key: key, Permissions: perms}) }
 }
 
+// WithRateLimit sets the key's request rate limit.
+func WithRateLimit(requests int64, per time.Duration, burst int64) KeyOption {
+	return func(k *bundle.Key) {
+		k.RateLimit = &bundle.RateLimit{Requests: requests, PerMillis: per.Milliseconds(), Burst: burst}
+	}
+}
+
+// WithClientRateLimit sets the rate limit of the key's client (added before).
+func WithClientRateLimit(client string, requests int64, per time.Duration, burst int64) KeyOption {
+	return func(k *bundle.Key) {
+		for i := range k.Clients {
+			if k.Clients[i].Key == client {
+				k.Clients[i].RateLimit = &bundle.RateLimit{Requests: requests, PerMillis: per.Milliseconds(), Burst: burst}
+			}
+		}
+	}
+}
+
 // WithExpiry sets the key's expiry.
 func WithExpiry(t time.Time) KeyOption { return func(k *bundle.Key) { k.ExpiresAt = &t } }
 

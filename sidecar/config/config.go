@@ -20,6 +20,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/authz"
 	"github.com/keygate-dev/keygate/sidecar/clientaddr"
+	"github.com/keygate-dev/keygate/sidecar/quota"
 	"github.com/keygate-dev/keygate/sidecar/token"
 )
 
@@ -49,6 +50,9 @@ type Runtime struct {
 	Challenge string
 	// Scheme is the first bearer scheme word (for auth_header).
 	Scheme string
+	// Audit is true when the policy's enforcement is Audit: requests it
+	// denies are forwarded with X-Keygate-Decision instead of refused.
+	Audit bool
 	// DummyDigest is compared against when a key ID is unknown, so unknown
 	// key and wrong secret take the same time.
 	DummyDigest []byte
@@ -72,6 +76,9 @@ type Key struct {
 	CIDRs      []netip.Prefix
 	Clients    map[string]*Client
 	ExpiresAt  *time.Time
+	// RateLimit is the key's request limit: its own, else the policy's
+	// (invalid, that is off, when neither sets one).
+	RateLimit quota.Limit
 }
 
 // Client is a compiled sub-client; its permissions are already narrowed to
@@ -81,6 +88,9 @@ type Client struct {
 	Perms      authz.Permissions
 	PermList   []string
 	PermHeader string
+	// RateLimit is the client's own request limit; off when the client
+	// shares its key's.
+	RateLimit quota.Limit
 }
 
 // Usable reports whether the key works at now.
@@ -141,6 +151,7 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 		TokenTTL:       time.Duration(p.TokenTTLSeconds) * time.Second,
 		ClientTokenTTL: time.Duration(p.ClientTokenTTLSeconds) * time.Second,
 		LoadedAt:       time.Now(),
+		Audit:          p.Enforcement == bundle.EnforcementAudit,
 	}
 	var err error
 	if rt.PolicyCIDRs, err = clientaddr.ParsePrefixes(p.AllowedCIDRs); err != nil {
@@ -177,6 +188,10 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	}
 	for _, k := range b.Keys {
 		ck := &Key{KeyID: k.KeyID, Name: k.Name, Secrets: k.Secrets, Perms: authz.NewPermissions(k.Permissions), ExpiresAt: k.ExpiresAt}
+		ck.RateLimit = Limit(k.RateLimit)
+		if k.RateLimit == nil {
+			ck.RateLimit = Limit(p.RateLimit)
+		}
 		ck.PermList = ck.Perms.List()
 		ck.PermHeader = strings.Join(ck.PermList, ",")
 		if ck.CIDRs, err = clientaddr.ParsePrefixes(k.AllowedCIDRs); err != nil {
@@ -189,7 +204,8 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 				continue
 			}
 			list := ck.Perms.Restrict(c.Permissions)
-			ck.Clients[c.Key] = &Client{Key: c.Key, Perms: authz.NewPermissions(list), PermList: list, PermHeader: strings.Join(list, ",")}
+			ck.Clients[c.Key] = &Client{Key: c.Key, Perms: authz.NewPermissions(list), PermList: list, PermHeader: strings.Join(list, ","),
+				RateLimit: Limit(c.RateLimit)}
 		}
 		rt.Keys[k.KeyID] = ck
 	}
@@ -199,6 +215,14 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 		return nil, err
 	}
 	return rt, nil
+}
+
+// Limit is the quota form of a bundle rate limit; nil is the zero (off) limit.
+func Limit(l *bundle.RateLimit) quota.Limit {
+	if l == nil {
+		return quota.Limit{}
+	}
+	return quota.Limit{Requests: l.Requests, Per: time.Duration(l.PerMillis) * time.Millisecond, Burst: l.Burst}
 }
 
 func set(list []string) map[string]bool {

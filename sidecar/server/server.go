@@ -22,8 +22,10 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/authn"
 	"github.com/keygate-dev/keygate/sidecar/authz"
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/quota"
 	"github.com/keygate-dev/keygate/sidecar/ratelimit"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
+	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
 // Identity headers added to forwarded requests (and removed when they come
@@ -57,6 +59,10 @@ type Options struct {
 	// per client address trip a 429 (defaults 20 per minute).
 	FailureLimit  int
 	FailureWindow time.Duration
+	// Usage records the keys that authenticate (nil: not recorded).
+	Usage *usage.Recorder
+	// RateLimitSubjects caps the rate-limit buckets kept (default 100000).
+	RateLimitSubjects int
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -68,6 +74,7 @@ type Server struct {
 	proxy    http.Handler
 	byKey    *ratelimit.Limiter
 	byAddr   *ratelimit.Limiter
+	quotas   *quota.Buckets
 	now      func() time.Time
 	log      *slog.Logger
 	draining atomic.Bool
@@ -90,6 +97,9 @@ func New(o Options) *Server {
 	if o.FailureWindow == 0 {
 		o.FailureWindow = time.Minute
 	}
+	if o.RateLimitSubjects == 0 {
+		o.RateLimitSubjects = 100000
+	}
 	if o.Revoked == nil {
 		o.Revoked = revocation.NewSet()
 	}
@@ -101,6 +111,7 @@ func New(o Options) *Server {
 		auth:   &authn.Authenticator{Revoked: o.Revoked},
 		byKey:  ratelimit.New(o.FailureLimit, o.FailureWindow, 10000),
 		byAddr: ratelimit.New(o.FailureLimit, o.FailureWindow, 10000),
+		quotas: quota.New(o.RateLimitSubjects),
 		now:    o.Now,
 		log:    o.Log,
 		reqPfx: strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
@@ -122,7 +133,7 @@ func New(o Options) *Server {
 		}
 		rp.ServeHTTP(w, r)
 	})
-	s.handler = s.withRequest(s.withBundle(s.withClientAddr(s.route(s.withAuthn(s.withAuthz(s.proxy))))))
+	s.handler = s.withRequest(s.withBundle(s.withClientAddr(s.route(s.withAuthn(s.withRateLimit(s.withAuthz(s.proxy)))))))
 	return s
 }
 
@@ -145,6 +156,11 @@ type request struct {
 	identity *authn.Identity
 	result   string
 	reason   string
+	// auditable is set on the request path to the workload: under Audit a
+	// refusal there is forwarded instead (audit.go).
+	auditable bool
+	// decision is the X-Keygate-Decision value of a denial forwarded in Audit.
+	decision string
 }
 
 type ctxKey struct{}
@@ -160,6 +176,9 @@ func (s *Server) withRequest(next http.Handler) http.Handler {
 		st.now = s.now()
 		st.id = s.reqPfx + strconv.FormatUint(s.reqSeq.Add(1), 36)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+		if st.identity != nil {
+			s.opts.Usage.Seen(st.identity.KeyID, st.now)
+		}
 		d := time.Since(st.start)
 		s.opts.Metrics.decision(st.result, st.reason, d)
 		if st.result != "allow" || s.log.Enabled(r.Context(), slog.LevelDebug) {
@@ -270,6 +289,9 @@ func (s *Server) route(next http.Handler) http.Handler {
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *request, oauth bool) *authn.Identity {
 	addrKey := st.addr.String()
 	if blocked, after := s.byAddr.Blocked(addrKey, st.now); blocked {
+		if s.auditDeny(w, r, st, auditRateLimited) {
+			return nil
+		}
 		s.tooMany(w, st, after)
 		return nil
 	}
@@ -284,6 +306,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 		keyID = id.KeyID
 	}
 	if blocked, after := s.byKey.Blocked(keyID, st.now); blocked {
+		if s.auditDeny(w, r, st, auditRateLimited) {
+			return nil
+		}
 		s.tooMany(w, st, after)
 		return nil
 	}
@@ -293,6 +318,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 			s.byKey.Fail(ferr.KeyID, st.now)
 		}
 		st.result, st.reason = "unauthenticated", ferr.Reason
+		if s.auditDeny(w, r, st, authnAuditReason(ferr.Reason)) {
+			return nil
+		}
 		if oauth {
 			s.invalidClient(w, st)
 		} else {
@@ -307,6 +335,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 func (s *Server) withAuthn(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := state(r)
+		st.auditable = st.rt.Audit
 		if s.authenticate(w, r, st, false) == nil {
 			return
 		}
@@ -326,6 +355,9 @@ func (s *Server) withAuthz(next http.Handler) http.Handler {
 					break
 				}
 			}
+		}
+		if d != authz.Allow && s.auditDeny(w, r, st, authzAuditReason(d, perm)) {
+			return
 		}
 		switch d {
 		case authz.MissingPermission:
@@ -474,6 +506,7 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 				h.Del(st.rt.Policy.APIKeyHeader)
 			}
 			if st != nil {
+				setDecision(h, st)
 				h["X-Request-Id"] = []string{st.id}
 				if id := st.identity; id != nil {
 					h[HeaderKeyID] = []string{id.KeyID}

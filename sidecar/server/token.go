@@ -345,6 +345,9 @@ func cidrStrings(id *authn.Identity) []string {
 }
 
 func (s *Server) issue(w http.ResponseWriter, st *request, id *authn.Identity, tr *TokenRequest, status int, tokenType, username string) {
+	if !s.allowToken(w, st, id) {
+		return
+	}
 	perms, cidrs, scope, e := narrow(id.Key.PermList, id.Perms.Covers, cidrStrings(id), tr, st.rt)
 	if e != nil {
 		s.oauthFail(w, st, e)
@@ -363,6 +366,9 @@ func (s *Server) issue(w http.ResponseWriter, st *request, id *authn.Identity, t
 }
 
 func (s *Server) issueClient(w http.ResponseWriter, st *request, id *authn.Identity, tr *TokenRequest) {
+	if !s.allowToken(w, st, id) {
+		return
+	}
 	cl := id.Key.Clients[tr.ClientKey]
 	// The caller may itself be narrowed (a scoped platform token): the client
 	// gets what both the client and the caller hold.

@@ -1,0 +1,129 @@
+package controllers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+func TestDecideUsage(t *testing.T) {
+	ready := func(k *keygatev1.ApiKey) {
+		k.Status.Conditions = []metav1.Condition{{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue, Reason: keygatev1.ReasonReady}}
+	}
+	usedAt := func(at time.Time) func(*keygatev1.ApiKey) {
+		return func(k *keygatev1.ApiKey) { k.Status.LastUsedTime = &metav1.Time{Time: at} }
+	}
+	notReady := func(k *keygatev1.ApiKey) {
+		k.Status.Conditions = []metav1.Condition{{Type: keygatev1.ConditionReady, Status: metav1.ConditionFalse, Reason: keygatev1.ReasonDisabled}}
+	}
+	const day = 24 * time.Hour
+	minute := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	tests := []struct {
+		name       string
+		key        keygatev1.ApiKey
+		staleAfter time.Duration
+		reported   string
+		now        time.Time
+		lastUsed   time.Time // zero: unset
+		stale      string    // "": no condition, else status/reason
+		staleAt    time.Time
+	}{
+		{"never used, young", keyAt("k", t0, ready), 30 * day, "", t0.Add(day), time.Time{}, "False/RecentlyUsed", t0.Add(30 * day)},
+		{"never used, old", keyAt("k", t0, ready), 30 * day, "", t0.Add(30 * day), time.Time{}, "True/Unused", time.Time{}},
+		{"report folds in", keyAt("k", t0, ready), 30 * day, minute(t0.Add(40 * day)), t0.Add(41 * day), t0.Add(40 * day), "False/RecentlyUsed", t0.Add(70 * day)},
+		{"older report ignored", keyAt("k", t0, ready, usedAt(t0.Add(10*day))), 30 * day, minute(t0.Add(5 * day)), t0.Add(11 * day), t0.Add(10 * day), "False/RecentlyUsed", t0.Add(40 * day)},
+		{"used, then idle for staleAfter", keyAt("k", t0, ready, usedAt(t0.Add(day))), 30 * day, "", t0.Add(31 * day), t0.Add(day), "True/Unused", time.Time{}},
+		{"report from the future ignored", keyAt("k", t0, ready), 30 * day, minute(t0.Add(time.Hour)), t0, time.Time{}, "False/RecentlyUsed", t0.Add(30 * day)},
+		{"garbage report ignored", keyAt("k", t0, ready), 30 * day, "yesterday", t0, time.Time{}, "False/RecentlyUsed", t0.Add(30 * day)},
+		{"no staleAfter: no condition, usage still folded", keyAt("k", t0, ready), 0, minute(t0), t0.Add(time.Minute), t0, "", time.Time{}},
+		{"not Ready: no condition", keyAt("k", t0, notReady), 30 * day, "", t0.Add(90 * day), time.Time{}, "", time.Time{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := decideUsage(&tc.key, tc.staleAfter, tc.reported, tc.now)
+			switch {
+			case tc.lastUsed.IsZero() && v.LastUsed != nil:
+				t.Errorf("lastUsed = %v, want unset", v.LastUsed)
+			case !tc.lastUsed.IsZero() && (v.LastUsed == nil || !v.LastUsed.Time.Equal(tc.lastUsed)):
+				t.Errorf("lastUsed = %v, want %v", v.LastUsed, tc.lastUsed)
+			}
+			got := ""
+			if v.Stale != nil {
+				got = string(v.Stale.Status) + "/" + v.Stale.Reason
+			}
+			if got != tc.stale {
+				t.Errorf("Stale = %q, want %q", got, tc.stale)
+			}
+			if !v.StaleAt.Equal(tc.staleAt) {
+				t.Errorf("staleAt = %v, want %v", v.StaleAt, tc.staleAt)
+			}
+		})
+	}
+}
+
+// TestUsageFoldedAndStale: the operator creates the usage ConfigMap, folds a
+// sidecar's report into status.lastUsedTime, sets Stale once staleAfter
+// passes without use (with an Event), and clears it on the next report.
+func TestUsageFoldedAndStale(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	startManager(t, ns, clk)
+	policy := newPolicy(ns, "p", func(p *keygatev1.TokenPolicy) { p.Spec.StaleAfter = &metav1.Duration{Duration: 24 * time.Hour} })
+	key := newApiKey(ns, "k", "p")
+	create(t, policy, key)
+	waitReason(t, ns, "k", "True/Ready")
+	keyID := getApiKey(g, ns, "k").Status.KeyID
+	cm := &corev1.ConfigMap{}
+	g.Eventually(func() error {
+		return k8sClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: bundle.UsageConfigMapName("p")}, cm)
+	}, timeout, interval).Should(Succeed())
+	g.Expect(cm.OwnerReferences).To(HaveLen(1))
+	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("False/RecentlyUsed"))
+
+	// A sidecar reports a use (as its merge patch would).
+	used := clk.Now().UTC().Truncate(time.Minute)
+	report(t, cm, keyID, used)
+	g.Eventually(func(g Gomega) *metav1.Time { return getApiKey(g, ns, "k").Status.LastUsedTime }, timeout, interval).
+		Should(WithTransform(func(t *metav1.Time) bool { return t != nil && t.Time.Equal(used) }, BeTrue()))
+
+	// A day without use: Stale, with an Event.
+	clk.Step(25 * time.Hour)
+	poke(t, key)
+	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("True/Unused"))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "k") }, timeout, interval).Should(ContainElement(keygatev1.ReasonUnused))
+	g.Expect(getApiKey(g, ns, "k").Status.Conditions).To(ContainElement(HaveField("Type", keygatev1.ConditionReady)), "Ready stays")
+
+	// Used again: no longer stale.
+	report(t, cm, keyID, clk.Now().UTC().Truncate(time.Minute))
+	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("False/RecentlyUsed"))
+	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "k") }, timeout, interval).Should(ContainElement(keygatev1.ReasonRecentlyUsed))
+}
+
+func report(t *testing.T, cm *corev1.ConfigMap, keyID string, at time.Time) {
+	t.Helper()
+	patch := []byte(`{"data":{"` + keyID + `":"` + at.Format(time.RFC3339) + `"}}`)
+	if err := k8sClient.Patch(context.Background(), cm, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		t.Fatalf("report usage: %v", err)
+	}
+}
+
+// staleOf is the Stale condition's status/reason, "" when absent.
+func staleOf(g Gomega, ns, name string) string {
+	c := meta.FindStatusCondition(getApiKey(g, ns, name).Status.Conditions, keygatev1.ConditionStale)
+	if c == nil {
+		return ""
+	}
+	return string(c.Status) + "/" + c.Reason
+}
