@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -29,6 +31,10 @@ type Handler struct {
 	Policies client.Reader
 	// Decoder decodes admission requests.
 	Decoder admission.Decoder
+	// Namespaces are the namespaces the manager watches (--watch-namespaces);
+	// empty means all. A labelled pod elsewhere is refused: the manager would
+	// never grant its sidecar access to its bundle, so it could never be Ready.
+	Namespaces []string
 
 	observe func(req admission.Request, result string)
 }
@@ -50,6 +56,11 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	log := ctrl.LoggerFrom(ctx).WithValues("namespace", req.Namespace, "name", req.Name)
 	if req.Operation != admissionv1.Create || req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" {
 		return admission.Allowed("keygate injects pods on creation only"), resultSkipped
+	}
+	if len(h.Namespaces) > 0 && !slices.Contains(h.Namespaces, req.Namespace) {
+		return admission.Denied(fmt.Sprintf("namespace %q is not watched by keygate (watchNamespaces / --watch-namespaces: %s): "+
+			"the sidecar could never read its bundle there; add the namespace to watchNamespaces or remove the %s label",
+			req.Namespace, strings.Join(h.Namespaces, ","), keygatev1.LabelInject)), resultRefused
 	}
 	pod := &corev1.Pod{}
 	if err := h.Decoder.Decode(req, pod); err != nil {

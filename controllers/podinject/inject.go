@@ -52,9 +52,12 @@ func inject(pod *corev1.Pod, cfg Config) (changed bool, err error) {
 			inits = append(inits, c)
 			continue
 		}
-		if i == 0 && equality.Semantic.DeepEqual(c, want) {
+		if i == 0 && equality.Semantic.DeepEqual(owned(c), want) {
 			changed = false
 		}
+		// Mounts are not keygate's: the ServiceAccount admission plugin adds
+		// the token's (kube-api-access-*) to every container, the sidecar's too.
+		inits[0].VolumeMounts = c.VolumeMounts
 	}
 	if pod.Annotations[keygatev1.AnnotationInjected] != cfg.Version {
 		changed = true
@@ -227,6 +230,15 @@ func resourceAnnotations(name corev1.ResourceName) []string {
 		return []string{AnnotationCPURequest, AnnotationCPULimit}
 	}
 	return []string{AnnotationMemoryRequest, AnnotationMemoryLimit}
+}
+
+// owned is the part of an injected container that keygate sets, for
+// comparing with sidecarContainer: everything but what other admission
+// plugins add to every container (volume mounts and devices). keygate adds no
+// volumes of its own.
+func owned(c corev1.Container) corev1.Container {
+	c.VolumeMounts, c.VolumeDevices = nil, nil
+	return c
 }
 
 // sidecarContainer is the injected container, spelled out with the values the

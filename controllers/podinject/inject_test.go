@@ -227,6 +227,65 @@ func TestInjectIsIdempotent(t *testing.T) {
 	}
 }
 
+// tokenMount is what the ServiceAccount admission plugin adds to every
+// container of a pod, the injected sidecar included (envtest disables that
+// plugin; a real cluster does not).
+var tokenMount = corev1.VolumeMount{Name: "kube-api-access-x7k2p", ReadOnly: true, MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}
+
+func mountToken(p *corev1.Pod) {
+	for i := range p.Spec.InitContainers {
+		p.Spec.InitContainers[i].VolumeMounts = append(p.Spec.InitContainers[i].VolumeMounts, tokenMount)
+	}
+	for i := range p.Spec.Containers {
+		p.Spec.Containers[i].VolumeMounts = append(p.Spec.Containers[i].VolumeMounts, tokenMount)
+	}
+}
+
+// An injected pod as stored on a real cluster, submitted again: keygate
+// compares what it owns, so the token mount makes no difference.
+func TestInjectIsIdempotentWithTokenMount(t *testing.T) {
+	pod := newPod(withInitContainer("migrate"))
+	if _, err := inject(pod, testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	mountToken(pod)
+	stored := pod.DeepCopy()
+	changed, err := inject(pod, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed {
+		t.Error("re-admission of an injected pod with the token mount reported a change")
+	}
+	if !equality.Semantic.DeepEqual(stored, pod) {
+		t.Errorf("re-admission changed the pod:\n got %#v\nwant %#v", pod, stored)
+	}
+}
+
+// A stale sidecar is replaced, but the mounts other plugins gave it stay.
+func TestInjectRepairKeepsTokenMount(t *testing.T) {
+	pod := newPod()
+	if _, err := inject(pod, testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	mountToken(pod)
+	pod.Spec.InitContainers[0].Image = "keygate/sidecar:v0.0.9"
+	changed, err := inject(pod, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !changed {
+		t.Fatal("a stale sidecar image was not replaced")
+	}
+	sc := pod.Spec.InitContainers[0]
+	if sc.Image != testConfig().Image {
+		t.Errorf("image %q, want %q", sc.Image, testConfig().Image)
+	}
+	if !equality.Semantic.DeepEqual(sc.VolumeMounts, []corev1.VolumeMount{tokenMount}) {
+		t.Errorf("volume mounts %v, want the token mount kept", sc.VolumeMounts)
+	}
+}
+
 func TestInjectRepairsStaleSidecar(t *testing.T) {
 	pod := newPod(withInitContainer("migrate"))
 	if _, err := inject(pod, testConfig()); err != nil {

@@ -56,10 +56,11 @@ func Setup(mgr ctrl.Manager, opts *Options) error {
 
 	server := mgr.GetWebhookServer()
 	server.Register(WebhookPath, &webhook.Admission{Handler: &Handler{
-		Config:   cfg,
-		Policies: mgr.GetAPIReader(),
-		Decoder:  admission.NewDecoder(mgr.GetScheme()),
-		observe:  opts.observe,
+		Config:     cfg,
+		Policies:   mgr.GetAPIReader(),
+		Decoder:    admission.NewDecoder(mgr.GetScheme()),
+		Namespaces: opts.Namespaces,
+		observe:    opts.observe,
 	}})
 	started := server.StartedChecker()
 	if err := mgr.AddReadyzCheck(ReadyzCheckName, func(req *http.Request) error {

@@ -10,12 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
@@ -332,5 +334,26 @@ func TestSchemaRefuses(t *testing.T) {
 		} else if !strings.Contains(stderr, "schema") {
 			t.Errorf("--set %s: failed, but not on the schema: %s", set, stderr)
 		}
+	}
+}
+
+// The chart owns the leader-election Lease (empty), named as the manager's
+// LeaderElectionID, so that `helm uninstall` deletes it (issue 17: the old
+// leader cannot release it once its Role is gone). None without leader election.
+func TestLease(t *testing.T) {
+	var lease coordinationv1.Lease
+	render(t, "platform").get(t, "Lease", "keygate-manager.keygate.dev", &lease)
+	if lease.Namespace != "platform" || !reflect.DeepEqual(lease.Spec, coordinationv1.LeaseSpec{}) {
+		t.Errorf("Lease %+v: want an empty Lease in the release namespace", lease)
+	}
+	main, err := os.ReadFile(filepath.Join(root, "cmd", "manager", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`LeaderElectionID:\s*"keygate-manager\.keygate\.dev"`).Match(main) {
+		t.Error("cmd/manager's LeaderElectionID is not keygate-manager.keygate.dev: rename the chart's Lease with it")
+	}
+	if _, ok := render(t, "platform", "leaderElect=false")[key("Lease", "keygate-manager.keygate.dev")]; ok {
+		t.Error("a Lease rendered with leaderElect=false")
 	}
 }
