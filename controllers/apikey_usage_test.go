@@ -15,6 +15,8 @@ import (
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	sidecarconfig "github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
 func TestDecideUsage(t *testing.T) {
@@ -126,4 +128,76 @@ func staleOf(g Gomega, ns, name string) string {
 		return ""
 	}
 	return string(c.Status) + "/" + c.Reason
+}
+
+// TestUsageStatusWritesAreBounded: three sidecar replicas each record a key
+// hundreds of times a minute and publish every minute through the real
+// ConfigMap sink; the operator writes the key's status at most once per
+// minute, and lastUsedTime follows the latest minute.
+func TestUsageStatusWritesAreBounded(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	clk := clocktesting.NewFakeClock(time.Now().UTC().Truncate(time.Minute).Add(time.Second))
+	startManager(t, ns, clk)
+	create(t, newPolicy(ns, "p", func(p *keygatev1.TokenPolicy) { p.Spec.StaleAfter = &metav1.Duration{Duration: time.Hour} }),
+		newApiKey(ns, "k", "p"))
+	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("False/RecentlyUsed"))
+	g.Eventually(func() error {
+		return k8sClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: bundle.UsageConfigMapName("p")}, &corev1.ConfigMap{})
+	}, timeout, interval).Should(Succeed())
+	key := getApiKey(g, ns, "k")
+
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: k8sClient.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+	w, err := wc.Watch(context.Background(), &keygatev1.ApiKeyList{}, client.InNamespace(ns),
+		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: key.ResourceVersion}})
+	g.Expect(err).NotTo(HaveOccurred())
+	defer w.Stop()
+
+	rc, err := sidecarconfig.NewCoreClient(cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	var replicas []*usage.Publisher
+	for i := 0; i < 3; i++ {
+		replicas = append(replicas, &usage.Publisher{Recorder: usage.NewRecorder(),
+			Sink: &usage.ConfigMap{Client: rc, Namespace: ns, Name: bundle.UsageConfigMapName("p")}})
+	}
+	const minutes = 4
+	var last time.Time
+	for m := 0; m < minutes; m++ {
+		for sec := 0; sec < 60; sec += 10 {
+			for _, p := range replicas {
+				for i := 0; i < 50; i++ {
+					p.Recorder.Seen(key.Status.KeyID, clk.Now())
+				}
+			}
+			clk.Step(10 * time.Second)
+		}
+		// Each replica's minute tick.
+		for _, p := range replicas {
+			g.Expect(p.PublishOnce(context.Background())).To(BeTrue())
+		}
+		last = clk.Now().Add(-10 * time.Second).Truncate(time.Minute) // the minute of the last Seen
+		g.Eventually(func(g Gomega) time.Time {
+			lu := getApiKey(g, ns, "k").Status.LastUsedTime
+			g.Expect(lu).NotTo(BeNil())
+			return lu.Time.UTC()
+		}, timeout, interval).Should(Equal(last))
+	}
+	final := getApiKey(g, ns, "k").ResourceVersion
+	writes := 0
+	for done := false; !done; {
+		select {
+		case ev := <-w.ResultChan():
+			if k, ok := ev.Object.(*keygatev1.ApiKey); ok && k.Name == "k" {
+				writes++
+				done = k.ResourceVersion == final
+			}
+		case <-time.After(timeout):
+			t.Fatalf("watch did not deliver resourceVersion %s (%d writes seen)", final, writes)
+		}
+	}
+	if writes > minutes {
+		t.Fatalf("%d status writes for %d minutes of use from 3 replicas, want at most one per minute", writes, minutes)
+	}
+	t.Logf("%d ApiKey writes for %d minutes × 3 replicas × 300 requests", writes, minutes)
 }

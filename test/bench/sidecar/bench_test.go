@@ -33,6 +33,7 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/config"
 	"github.com/keygate-dev/keygate/sidecar/server"
 	"github.com/keygate-dev/keygate/sidecar/token"
+	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
 // workers is the number of concurrent client connections of the load.
@@ -62,13 +63,17 @@ func fixture(alg string) *bundletest.Fixture {
 	return f
 }
 
-func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server) *httptest.Server {
+func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server, opts ...func(*server.Options)) *httptest.Server {
 	store := &config.Store{}
 	if _, err := store.Update(f.JSON()); err != nil {
 		b.Fatal(err)
 	}
 	u, _ := url.Parse(up.URL)
-	srv := server.New(server.Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler), Metrics: server.NewMetrics(store)})
+	o := server.Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler), Metrics: server.NewMetrics(store)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	srv := server.New(o)
 	front := httptest.NewServer(srv.Handler())
 	b.Cleanup(front.Close)
 	return front
@@ -190,6 +195,13 @@ func BenchmarkProxy(b *testing.B) {
 	front := sidecarServer(b, f, up)
 	run("sidecar-basic", front.URL+"/charges", "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
 	run("sidecar-apikey-header", front.URL+"/charges", "X-Api-Key", "apk-07:"+f.Secrets["apk-07"])
+	// The same with a rate limit never reached (every request spends from the
+	// bucket), usage recording and Audit mode: the cost of issue 13's steps.
+	fl := fixture(bundle.AlgEdDSA)
+	fl.Bundle.Policy.RateLimit = &bundle.RateLimit{Requests: 1 << 40, PerMillis: 1000, Burst: 1 << 40}
+	fl.Bundle.Policy.Enforcement = bundle.EnforcementAudit
+	frontL := sidecarServer(b, fl, up, func(o *server.Options) { o.Usage = usage.NewRecorder() })
+	run("sidecar-basic-ratelimit-usage-audit", frontL.URL+"/charges", "Authorization", basicAuth("apk-07", fl.Secrets["apk-07"]))
 	for _, alg := range []string{bundle.AlgEdDSA, bundle.AlgES256, bundle.AlgRS256, bundle.AlgHS256} {
 		f := fixture(alg)
 		front := sidecarServer(b, f, up)
