@@ -59,7 +59,7 @@ test: verify vet lint envtest $(HELM) ## Verify generated files, lint, run every
 	$(MAKE) --no-print-directory fuzz
 
 # Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
-FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest \
+FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
 	./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
 
 .PHONY: fuzz

@@ -50,7 +50,7 @@ func AdminHandler(s *Server, store *config.Store, m *Metrics) http.Handler {
 	if m != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	}
-	return mux
+	return withFraming(mux)
 }
 
 // Timeouts of the main listener.

@@ -131,9 +131,12 @@ func New(o Options) *Server {
 				r.Header.Del("Upgrade")
 			}
 		}
+		if st := state(r); st != nil {
+			st.body = guardBody(r)
+		}
 		rp.ServeHTTP(w, r)
 	})
-	s.handler = s.withRequest(s.withBundle(s.withClientAddr(s.route(s.withAuthn(s.withRateLimit(s.withAuthz(s.proxy)))))))
+	s.handler = withFraming(s.withRequest(s.withBundle(s.withClientAddr(s.route(s.withAuthn(s.withRateLimit(s.withAuthz(s.proxy))))))))
 	return s
 }
 
@@ -161,6 +164,8 @@ type request struct {
 	auditable bool
 	// decision is the X-Keygate-Decision value of a denial forwarded in Audit.
 	decision string
+	// body guards a proxied request's body (nil without one).
+	body *bodyGuard
 }
 
 type ctxKey struct{}
@@ -517,16 +522,37 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 				}
 			}
 		},
-		Transport:  NewTransport(),
-		BufferPool: &BufferPool{},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if st := state(r); st != nil {
-				st.result, st.reason = "error", "upstream"
-			}
-			s.log.Warn("Upstream request failed", "error", err)
-			writeJSON(w, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
-		},
+		Transport:    NewTransport(),
+		BufferPool:   &BufferPool{},
+		ErrorHandler: s.proxyError,
 	}
+}
+
+// proxyError answers a failed proxied request. Only failures of the upstream
+// are 502 and counted as upstream errors: a body the client could not
+// deliver (malformed chunked framing, a size limit, cut short) is 400 or 413,
+// a client that went away is counted as client_closed.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st := state(r)
+	if st != nil && st.body != nil {
+		if berr := st.body.readErr(); berr != nil {
+			s.writeBodyFailure(w, st, berr)
+			return
+		}
+	}
+	if r.Context().Err() != nil {
+		if st != nil {
+			st.result, st.reason = "client_closed", "canceled"
+		}
+		w.Header().Set("Connection", "close")
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client closed the request"})
+		return
+	}
+	if st != nil {
+		st.result, st.reason = "error", "upstream"
+	}
+	s.log.Warn("Upstream request failed", "error", err)
+	writeJSON(w, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
 }
 
 // reservedHeader reports whether an inbound header name is X-Keygate-* in

@@ -155,9 +155,12 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, st *request) (
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.oauthFail(w, st, &oauthError{Code: "invalid_request", Description: "body too large", status: http.StatusRequestEntityTooLarge})
+		// The client's fault, and its framing can no longer be trusted.
+		code, reason, _ := bodyFailure(err)
+		st.result, st.reason = "bad_request", reason
+		w.Header().Set("Connection", "close")
+		if code == http.StatusRequestEntityTooLarge {
+			s.oauthFail(w, st, &oauthError{Code: "invalid_request", Description: "body too large", status: code})
 		} else {
 			s.oauthFail(w, st, invalidRequest("body unreadable"))
 		}
