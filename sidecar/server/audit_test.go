@@ -1,7 +1,11 @@
 package server
 
 import (
+	"bytes"
+	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -146,4 +150,39 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestAuditDenialsAreLoggedAtInfo(t *testing.T) {
+	f := chargesFixture()
+	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
+	logs := &syncBuffer{}
+	h := newHarness(t, f, func(o *Options) { o.Log = slog.New(slog.NewJSONHandler(logs, nil)) })
+	wrong := f.Secrets["apk-lake"] + "x"
+	h.do("GET", "/charges", "", "Authorization", basic("apk-lake", wrong))
+	h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"]))
+	out := logs.String()
+	if strings.Count(out, `"result":"audit_deny"`) != 1 || !strings.Contains(out, `"level":"INFO"`) || !strings.Contains(out, `"reason":"unauthenticated"`) {
+		t.Fatalf("want one audit denial logged at info, got:\n%s", out)
+	}
+	if strings.Contains(out, wrong) || strings.Contains(out, f.Secrets["apk-lake"]) {
+		t.Fatal("a secret reached the log")
+	}
 }

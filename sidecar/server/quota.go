@@ -32,6 +32,9 @@ func limitOf(rt *config.Runtime, id *authn.Identity) (quota.Limit, string) {
 			return c.RateLimit, bucketRequests + id.KeyID + "\x00" + id.Client
 		}
 	}
+	if !k.RateLimit.Valid() {
+		return quota.Limit{}, "" // no limit: no bucket name to build
+	}
 	return k.RateLimit, bucketRequests + id.KeyID
 }
 
