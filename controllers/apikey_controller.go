@@ -39,6 +39,9 @@ type ApiKeyReconciler struct {
 	APIReader client.Reader
 	Clock     clock.PassiveClock
 	Recorder  recorder.EventRecorder
+
+	// bundles holds the parsed bundle Secrets, one per resourceVersion.
+	bundles bundleViews
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys,verbs=get;list;watch
@@ -68,7 +71,14 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		}
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, key, patch)))
 	}()
-	return runPhases(ctx, key, r.ensureCredentials, r.checkReady, r.checkUsage)
+	return runPhases(ctx, &keyPass{key: key}, r.ensureCredentials, r.checkReady, r.checkUsage)
+}
+
+// keyPass carries what one reconciliation learns from phase to phase.
+type keyPass struct {
+	key *keygatev1.ApiKey
+	// creds are the credentials the key's Secret holds after ensureCredentials.
+	creds credentials
 }
 
 // runPhases runs phases until one fails and returns the soonest requeue.
@@ -88,7 +98,8 @@ func runPhases[T any](ctx context.Context, obj T, phases ...func(context.Context
 
 // ensureCredentials creates, repairs or rotates the credentials Secret and
 // mirrors its bookkeeping into the status.
-func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error) {
+func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, pass *keyPass) (ctrl.Result, error) {
+	key := pass.key
 	log := ctrl.LoggerFrom(ctx)
 	now := r.Clock.Now().UTC().Truncate(time.Second)
 	name := credentialsSecretName(key)
@@ -141,6 +152,7 @@ func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, key *keygatev1
 		log.Info("Moved credentials Secret", "from", oldName, "to", name, "keyID", next.KeyID)
 	}
 	r.afterRotation(key, trigger, next)
+	pass.creds = next
 
 	key.Status.KeyID = next.KeyID
 	key.Status.SecretVersion = next.Version
@@ -335,51 +347,6 @@ func (r *ApiKeyReconciler) secretConflict(key *keygatev1.ApiKey, name string) er
 	return reconcile.TerminalError(fmt.Errorf("secret %q: %w", name, errSecretConflict))
 }
 
-// checkReady decides the Ready condition from the policy and the key's siblings.
-func (r *ApiKeyReconciler) checkReady(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error) {
-	now := r.Clock.Now()
-	policy := &keygatev1.TokenPolicy{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.Spec.PolicyRef.Name}, policy); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, fmt.Errorf("read TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
-		}
-		policy = nil
-	}
-	siblings := []keygatev1.ApiKey{*key}
-	if policy != nil && !key.Spec.Disabled {
-		list := &keygatev1.ApiKeyList{}
-		if err := r.List(ctx, list, client.InNamespace(key.Namespace), client.MatchingFields{indexPolicyRef: key.Spec.PolicyRef.Name},
-			client.UnsafeDisableDeepCopy); err != nil { // read only
-			return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
-		}
-		if len(list.Items) > maxApiKeys(policy) { // only then can siblings matter
-			siblings = list.Items
-			found := false
-			for i := range siblings {
-				if siblings[i].Name == key.Name {
-					siblings[i] = *key
-					found = true
-				}
-			}
-			if !found {
-				siblings = append(siblings, *key)
-			}
-		}
-	}
-	v := admit(siblings, policy, now)[key.Name]
-	status := metav1.ConditionFalse
-	if v.Ready {
-		status = metav1.ConditionTrue
-	}
-	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: status,
-		Reason: v.Reason, Message: v.Message, ObservedGeneration: key.Generation})
-	key.Status.ExpiresAt = key.Spec.ExpiresAt
-	if key.Spec.ExpiresAt != nil && v.Ready {
-		return ctrl.Result{RequeueAfter: requeueAt(now, key.Spec.ExpiresAt.Time)}, nil
-	}
-	return ctrl.Result{}, nil
-}
-
 // recordReadyTransition emits an Event, with the condition's reason and
 // message, when the Ready condition changes status or reason. An object that
 // is Ready at once gets none: 1,000 new keys would otherwise make 1,000 Events.
@@ -387,6 +354,11 @@ func recordReadyTransition(rec recorder.EventRecorder, obj runtime.Object, befor
 	old := meta.FindStatusCondition(before, keygatev1.ConditionReady)
 	cur := meta.FindStatusCondition(after, keygatev1.ConditionReady)
 	if cur == nil || (old != nil && old.Reason == cur.Reason && old.Status == cur.Status) {
+		return
+	}
+	// NotInBundle is the short wait for the next bundle (a new key, a
+	// rotation): neither entering it nor leaving it for Ready is news.
+	if cur.Reason == keygatev1.ReasonNotInBundle || (old != nil && old.Reason == keygatev1.ReasonNotInBundle && cur.Status == metav1.ConditionTrue) {
 		return
 	}
 	if old == nil && cur.Status == metav1.ConditionTrue {

@@ -120,47 +120,87 @@ type verdict struct {
 // creation time (ties broken by name) are accepted up to maxApiKeys, and the
 // newest beyond it are refused, so the outcome is the same on every pass.
 func admit(keys []keygatev1.ApiKey, policy *keygatev1.TokenPolicy, now time.Time) map[string]verdict {
-	out := make(map[string]verdict, len(keys))
+	return admitOrdered(keys, policy, now).verdicts
+}
+
+// admission is admit's outcome: a verdict per key, the accepted keys in
+// admission order, and, when the limit refused some, the last key accepted.
+type admission struct {
+	verdicts map[string]verdict
+	accepted []*keygatev1.ApiKey
+	limitCut *keygatev1.ApiKey
+}
+
+func admitOrdered(keys []keygatev1.ApiKey, policy *keygatev1.TokenPolicy, now time.Time) admission {
+	out := admission{verdicts: make(map[string]verdict, len(keys))}
 	eligible := make([]*keygatev1.ApiKey, 0, len(keys))
 	for i := range keys {
 		k := &keys[i]
-		switch {
-		case !k.DeletionTimestamp.IsZero():
+		if !k.DeletionTimestamp.IsZero() {
 			continue
-		case k.Spec.Disabled:
-			out[k.Name] = verdict{Reason: keygatev1.ReasonDisabled, Message: "The key is disabled (spec.disabled is true)."}
-		case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
-			out[k.Name] = verdict{Reason: keygatev1.ReasonExpired,
-				Message: fmt.Sprintf("The key expired at %s (spec.expiresAt).", k.Spec.ExpiresAt.UTC().Format(time.RFC3339))}
-		case policy == nil:
-			out[k.Name] = verdict{Reason: keygatev1.ReasonPolicyNotFound,
-				Message: fmt.Sprintf("TokenPolicy %q does not exist in namespace %q.", k.Spec.PolicyRef.Name, k.Namespace)}
-		default:
-			eligible = append(eligible, k)
 		}
+		if v, ok := localVerdict(k, policy, now); !ok {
+			out.verdicts[k.Name] = v
+			continue
+		}
+		eligible = append(eligible, k)
 	}
 	if policy == nil {
 		return out
 	}
-	sort.Slice(eligible, func(i, j int) bool {
-		a, b := eligible[i], eligible[j]
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return a.Name < b.Name
-	})
+	sort.Slice(eligible, func(i, j int) bool { return admittedBefore(eligible[i], eligible[j]) })
 	limit := maxApiKeys(policy)
 	for i, k := range eligible {
 		if i < limit {
-			out[k.Name] = verdict{Ready: true, Reason: keygatev1.ReasonReady,
+			out.verdicts[k.Name] = verdict{Ready: true, Reason: keygatev1.ReasonReady,
 				Message: fmt.Sprintf("The key is accepted by TokenPolicy %q.", policy.Name)}
+			out.accepted = append(out.accepted, k)
 			continue
 		}
-		out[k.Name] = verdict{Reason: keygatev1.ReasonLimitExceeded,
-			Message: fmt.Sprintf("TokenPolicy %q accepts at most %d ApiKeys (spec.maxApiKeys) and %d older keys use them; delete or disable one, or raise the limit.",
-				policy.Name, limit, limit)}
+		out.verdicts[k.Name] = limitVerdict(policy)
+	}
+	if len(eligible) > limit {
+		out.limitCut = eligible[limit-1]
 	}
 	return out
+}
+
+// localVerdict decides what a key's own spec and its policy's existence
+// decide; ok is true when the key is eligible and only its place among its
+// siblings (the limit, the bundle's size) is left to decide.
+func localVerdict(k *keygatev1.ApiKey, policy *keygatev1.TokenPolicy, now time.Time) (v verdict, ok bool) {
+	switch {
+	case k.Spec.Disabled:
+		return verdict{Reason: keygatev1.ReasonDisabled, Message: "The key is disabled (spec.disabled is true)."}, false
+	case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
+		return verdict{Reason: keygatev1.ReasonExpired,
+			Message: fmt.Sprintf("The key expired at %s (spec.expiresAt).", k.Spec.ExpiresAt.UTC().Format(time.RFC3339))}, false
+	case policy == nil:
+		return verdict{Reason: keygatev1.ReasonPolicyNotFound,
+			Message: fmt.Sprintf("TokenPolicy %q does not exist in namespace %q.", k.Spec.PolicyRef.Name, k.Namespace)}, false
+	}
+	return verdict{}, true
+}
+
+// limitVerdict refuses a key because older keys use all of the policy's places.
+func limitVerdict(policy *keygatev1.TokenPolicy) verdict {
+	limit := maxApiKeys(policy)
+	return verdict{Reason: keygatev1.ReasonLimitExceeded,
+		Message: fmt.Sprintf("TokenPolicy %q accepts at most %d ApiKeys (spec.maxApiKeys) and %d older keys use them; delete or disable one, or raise the limit.",
+			policy.Name, limit, limit)}
+}
+
+// admittedBefore is the admission order: oldest first by creation time, ties
+// broken by name.
+func admittedBefore(a, b *keygatev1.ApiKey) bool {
+	return orderBefore(a.CreationTimestamp.Time, a.Name, b.CreationTimestamp.Time, b.Name)
+}
+
+func orderBefore(at time.Time, an string, bt time.Time, bn string) bool {
+	if !at.Equal(bt) {
+		return at.Before(bt)
+	}
+	return an < bn
 }
 
 // defaultMaxApiKeys mirrors the CRD default of spec.maxApiKeys.

@@ -68,7 +68,8 @@ func decideUsage(key *keygatev1.ApiKey, staleAfter time.Duration, reported strin
 
 // checkUsage folds the policy's usage ConfigMap into status.lastUsedTime and
 // keeps the Stale condition; it wakes up when the key would turn stale.
-func (r *ApiKeyReconciler) checkUsage(ctx context.Context, key *keygatev1.ApiKey) (ctrl.Result, error) {
+func (r *ApiKeyReconciler) checkUsage(ctx context.Context, pass *keyPass) (ctrl.Result, error) {
+	key := pass.key
 	policyName := key.Spec.PolicyRef.Name
 	var staleAfter time.Duration
 	policy := &keygatev1.TokenPolicy{}

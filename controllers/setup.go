@@ -8,7 +8,6 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -24,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
@@ -52,10 +52,8 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 	if opts.TokenPolicyConcurrency <= 0 {
 		opts.TokenPolicyConcurrency = 2
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &keygatev1.ApiKey{}, indexPolicyRef, func(o client.Object) []string {
-		return []string{o.(*keygatev1.ApiKey).Spec.PolicyRef.Name}
-	}); err != nil {
-		return fmt.Errorf("index ApiKeys by policy: %w", err)
+	if err := indexPolicyRefs(ctx, mgr.GetFieldIndexer()); err != nil {
+		return err
 	}
 	ak := &ApiKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock,
 		Recorder: mgr.GetEventRecorder("keygate-apikey")}
@@ -64,6 +62,16 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 	}
 	tp := &TokenPolicyReconciler{Client: mgr.GetClient(), Clock: opts.Clock, Recorder: mgr.GetEventRecorder("keygate-tokenpolicy")}
 	return tp.setup(mgr, opts.TokenPolicyConcurrency)
+}
+
+// indexPolicyRefs indexes ApiKeys by the TokenPolicy they name.
+func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
+	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexPolicyRef, func(o client.Object) []string {
+		return []string{o.(*keygatev1.ApiKey).Spec.PolicyRef.Name}
+	}); err != nil {
+		return fmt.Errorf("index ApiKeys by policy: %w", err)
+	}
+	return nil
 }
 
 // specOrMetadataChanged lets through changes other than status-only ones.
@@ -77,7 +85,7 @@ func (r *ApiKeyReconciler) setup(mgr manager.Manager, concurrency int) error {
 		Owns(&corev1.Secret{}).
 		Watches(&keygatev1.TokenPolicy{}, handler.EnqueueRequestsFromMapFunc(r.keysOfPolicy),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&keygatev1.ApiKey{}, siblingHandler{r}).
+		Watches(&corev1.Secret{}, bundleHandler{r}).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.keysOfUsage)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
@@ -114,60 +122,63 @@ func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, pol
 	return out
 }
 
-// siblingHandler re-queues the other ApiKeys of a policy when a key's
-// admission may have moved the limit line: a key appeared, went, was
-// disabled or enabled, expired, or changed policy. It only fans out when the
-// policy has more keys than its maxApiKeys, the only case where siblings matter.
-type siblingHandler struct{ r *ApiKeyReconciler }
+// bundleHandler re-queues the ApiKeys whose readiness a change of their
+// policy's bundle Secret may move: those whose entry it added, removed or
+// changed, and every key of the policy when the bundle appears, goes, or its
+// cuts (limit, size) move. It reads the ApiKeys of a policy only in those
+// last cases, never per ApiKey event.
+type bundleHandler struct{ r *ApiKeyReconciler }
 
 type apiKeyQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
 
-func (h siblingHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
-	h.fanOut(ctx, e.Object, q)
+func (h bundleHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
+	if policy, ok := bundlePolicy(e.Object); ok {
+		h.all(ctx, e.Object.GetNamespace(), policy, q)
+	}
 }
 
-func (h siblingHandler) Delete(ctx context.Context, e event.TypedDeleteEvent[client.Object], q apiKeyQueue) {
-	h.fanOut(ctx, e.Object, q)
+func (h bundleHandler) Delete(ctx context.Context, e event.TypedDeleteEvent[client.Object], q apiKeyQueue) {
+	if policy, ok := bundlePolicy(e.Object); ok {
+		h.r.bundles.forget(client.ObjectKeyFromObject(e.Object))
+		h.all(ctx, e.Object.GetNamespace(), policy, q)
+	}
 }
 
-func (h siblingHandler) Update(ctx context.Context, e event.TypedUpdateEvent[client.Object], q apiKeyQueue) {
-	o, n := e.ObjectOld.(*keygatev1.ApiKey), e.ObjectNew.(*keygatev1.ApiKey)
-	if o.Spec.Disabled == n.Spec.Disabled && o.Spec.PolicyRef == n.Spec.PolicyRef &&
-		o.Spec.ExpiresAt.Equal(n.Spec.ExpiresAt) && readyReason(o) == readyReason(n) &&
-		o.DeletionTimestamp.IsZero() == n.DeletionTimestamp.IsZero() {
+func (h bundleHandler) Update(ctx context.Context, e event.TypedUpdateEvent[client.Object], q apiKeyQueue) {
+	policy, ok := bundlePolicy(e.ObjectNew)
+	o, okOld := e.ObjectOld.(*corev1.Secret)
+	n, okNew := e.ObjectNew.(*corev1.Secret)
+	if !ok || !okOld || !okNew || o.ResourceVersion == n.ResourceVersion {
 		return
 	}
-	h.fanOut(ctx, o, q)
-	if o.Spec.PolicyRef != n.Spec.PolicyRef {
-		h.fanOut(ctx, n, q)
-	}
-}
-
-func (h siblingHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {
-}
-
-func (h siblingHandler) fanOut(ctx context.Context, o client.Object, q apiKeyQueue) {
-	key := o.(*keygatev1.ApiKey)
-	policy := &keygatev1.TokenPolicy{}
-	if err := h.r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.Spec.PolicyRef.Name}, policy); err != nil {
-		return // no policy: every key is PolicyNotFound whatever its siblings do
-	}
-	reqs := h.r.requestsForPolicy(ctx, key.Namespace, policy.Name)
-	if len(reqs)+1 <= maxApiKeys(policy) {
+	names, all := changedKeys(h.r.bundles.get(o), h.r.bundles.get(n))
+	if all {
+		h.all(ctx, n.Namespace, policy, q)
 		return
 	}
-	for _, req := range reqs {
-		if req.Name != key.Name {
-			q.Add(req)
-		}
+	for _, name := range names {
+		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: n.Namespace, Name: name}})
 	}
 }
 
-func readyReason(k *keygatev1.ApiKey) string {
-	if c := meta.FindStatusCondition(k.Status.Conditions, keygatev1.ConditionReady); c != nil {
-		return c.Reason
+func (h bundleHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {
+}
+
+func (h bundleHandler) all(ctx context.Context, namespace, policy string, q apiKeyQueue) {
+	for _, req := range h.r.requestsForPolicy(ctx, namespace, policy) {
+		q.Add(req)
 	}
-	return ""
+}
+
+// bundlePolicy names the TokenPolicy of a bundle Secret; ok is false for
+// every other Secret.
+func bundlePolicy(o client.Object) (string, bool) {
+	l := o.GetLabels()
+	policy := l[keygatev1.LabelTokenPolicy]
+	if l[keygatev1.LabelManagedBy] != keygatev1.ManagedByValue || l[keygatev1.LabelApiKey] != "" || policy == "" {
+		return "", false
+	}
+	return policy, o.GetName() == bundle.SecretName(policy)
 }
 
 func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) error {

@@ -109,17 +109,7 @@ type testManager struct {
 // until the test ends (or stop is called).
 func startManager(t *testing.T, ns string, clk clock.PassiveClock) *testManager {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Logger:                 testLog,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  CacheOptions([]string{ns}),
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatalf("create manager: %v", err)
-	}
+	mgr := newTestManager(t, ns)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := SetupWithManager(ctx, mgr, Options{Clock: clk}); err != nil {
 		t.Fatalf("set up reconcilers: %v", err)
@@ -137,6 +127,23 @@ func startManager(t *testing.T, ns string, clk clock.PassiveClock) *testManager 
 	}
 	t.Cleanup(stop)
 	return &testManager{client: mgr.GetClient(), stop: stop}
+}
+
+// newTestManager makes a manager with the operator's cache options, scoped to ns.
+func newTestManager(t *testing.T, ns string) ctrl.Manager {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Logger:                 testLog,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache:                  CacheOptions([]string{ns}),
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatalf("create manager: %v", err)
+	}
+	return mgr
 }
 
 // newNamespace creates a namespace of its own for a test.

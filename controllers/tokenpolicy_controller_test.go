@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -262,27 +261,6 @@ func reconcileRequest(ns, name string) reconcile.Request {
 type discardRecorder struct{ recorder.EventRecorder }
 
 func (discardRecorder) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) {
-}
-
-func TestBundleTooLargeIsStalled(t *testing.T) {
-	g := NewWithT(t)
-	saved := maxBundleBytes
-	maxBundleBytes = 2 << 10 // set before the manager starts, restored after it stops
-	t.Cleanup(func() { maxBundleBytes = saved })
-	ns := newNamespace(t)
-	m := startManager(t, ns, clock.RealClock{})
-	t.Cleanup(m.stop)
-	create(t, newPolicy(ns, "p"))
-	for i := range 12 {
-		create(t, newApiKey(ns, fmt.Sprintf("k%d", i), "p"))
-	}
-	g.Eventually(func(g Gomega) string {
-		c := meta.FindStatusCondition(policyStatus(g, ns, "p").Conditions, keygatev1.ConditionStalled)
-		g.Expect(c).NotTo(BeNil())
-		return c.Reason + ": " + c.Message
-	}, timeout, interval).Should(And(HavePrefix(keygatev1.ReasonBundleTooLarge), ContainSubstring("lower spec.maxApiKeys")))
-	g.Expect(meta.IsStatusConditionFalse(policyStatus(g, ns, "p").Conditions, keygatev1.ConditionReady)).To(BeTrue())
-	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "p") }, timeout, interval).Should(ContainElement(keygatev1.ReasonBundleTooLarge))
 }
 
 // A create that fails because the name is taken is a conflict only when the

@@ -259,3 +259,35 @@ func (b *Bundle) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Lookup returns the entry of keyID, or nil when b does not carry that key.
+func (b *Bundle) Lookup(keyID string) *Key {
+	for i := range b.Keys {
+		if b.Keys[i].KeyID == keyID {
+			return &b.Keys[i]
+		}
+	}
+	return nil
+}
+
+// Carries reports whether k lists digest among its secret digests, compared
+// in constant time. It says nothing about expiry: a sidecar still refuses a
+// previous secret after its ExpiresAt, and the whole key after k.ExpiresAt.
+func (k *Key) Carries(digest []byte) bool {
+	found := false
+	for _, s := range k.Secrets {
+		if hmac.Equal(s.Digest, digest) {
+			found = true
+		}
+	}
+	return found
+}
+
+// Carries reports whether b lets keyID authenticate with the secret whose
+// digest (Digest(b.HashKey, secret)) is given: the question "is this key, at
+// this secret, in what the sidecars read". The operator asks it before it
+// calls an ApiKey Ready; kubectl-keygate asks it of a published bundle.
+func (b *Bundle) Carries(keyID string, digest []byte) bool {
+	k := b.Lookup(keyID)
+	return k != nil && k.Carries(digest)
+}

@@ -26,12 +26,20 @@ const (
 	ReasonSigningRotated  = "SigningKeyRotated"
 	ReasonProgressing     = "Progressing"
 	ReasonReconcileFailed = "ReconcileFailed"
-	// ReasonBundleTooLarge: a TokenPolicy's bundle would not fit in a Secret (1 MiB).
+	// ReasonBundleTooLarge: a TokenPolicy's accepted keys do not all fit in its
+	// bundle Secret (1 MiB). The operator still publishes the bundle, with the
+	// oldest keys that fit (removals are never held back); the TokenPolicy is
+	// Ready=False with this reason, and so is each ApiKey left out.
 	ReasonBundleTooLarge = "BundleTooLarge"
 	// ReasonUnused: the key went unused for staleAfter (Stale=True).
 	ReasonUnused = "Unused"
 	// ReasonRecentlyUsed: the key was used within staleAfter (Stale=False).
 	ReasonRecentlyUsed = "RecentlyUsed"
+	// ReasonNotInBundle: an ApiKey is accepted but the bundle Secret its
+	// sidecars read does not carry its current secret (yet): a new key or a
+	// rotation before the operator publishes the next bundle. An ApiKey is
+	// Ready only when the bundle carries its current secret's digest.
+	ReasonNotInBundle = "NotInBundle"
 )
 
 // Labels and annotations.

@@ -1,0 +1,182 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// checkReady decides the Ready condition. A key is Ready only when the
+// bundle Secret its sidecars read carries its current secret's digest; the
+// key's own spec (disabled, expired) and its policy's existence are decided
+// here, its place among its siblings (spec.maxApiKeys, the Secret's size) by
+// the TokenPolicy reconciler, which records it on the bundle Secret. No pass
+// lists the other keys of the policy.
+func (r *ApiKeyReconciler) checkReady(ctx context.Context, pass *keyPass) (ctrl.Result, error) {
+	key := pass.key
+	now := r.Clock.Now()
+	policy := &keygatev1.TokenPolicy{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.Spec.PolicyRef.Name}, policy); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("read TokenPolicy %q: %w", key.Spec.PolicyRef.Name, err)
+		}
+		policy = nil
+	}
+	v, eligible := localVerdict(key, policy, now)
+	if eligible {
+		var err error
+		if v, err = r.bundleVerdict(ctx, key, policy, pass.creds); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	status := metav1.ConditionFalse
+	if v.Ready {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: status,
+		Reason: v.Reason, Message: v.Message, ObservedGeneration: key.Generation})
+	key.Status.ExpiresAt = key.Spec.ExpiresAt
+	if key.Spec.ExpiresAt != nil && v.Ready {
+		return ctrl.Result{RequeueAfter: requeueAt(now, key.Spec.ExpiresAt.Time)}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// bundleVerdict looks the key up in its policy's published bundle. A key the
+// bundle does not carry is LimitExceeded or BundleTooLarge when the bundle's
+// cuts leave it out, else NotInBundle: the operator has not published it yet
+// (the bundle's next change re-queues it).
+func (r *ApiKeyReconciler) bundleVerdict(ctx context.Context, key *keygatev1.ApiKey, policy *keygatev1.TokenPolicy, creds credentials) (verdict, error) {
+	name := bundle.SecretName(policy.Name)
+	s := &corev1.Secret{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, s, client.UnsafeDisableDeepCopy) // read only
+	switch {
+	case apierrors.IsNotFound(err):
+		return notInBundle(policy, "has not been published yet"), nil
+	case err != nil:
+		return verdict{}, fmt.Errorf("read bundle Secret %q: %w", name, err)
+	case !metav1.IsControlledBy(s, policy):
+		return notInBundle(policy, "is not owned by the TokenPolicy"), nil
+	}
+	view := r.bundles.get(s)
+	if view == nil {
+		return notInBundle(policy, "cannot be read"), nil
+	}
+	if e := view.byName[key.Name]; e != nil && creds.KeyID != "" && e.KeyID == creds.KeyID &&
+		e.Carries(bundle.Digest(view.hashKey, creds.Secret)) {
+		return verdict{Ready: true, Reason: keygatev1.ReasonReady,
+			Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret %s.", policy.Name, name)}, nil
+	}
+	switch {
+	case view.cuts.limit.excludes(key):
+		return limitVerdict(policy), nil
+	case view.cuts.size.excludes(key):
+		return verdict{Reason: keygatev1.ReasonBundleTooLarge,
+			Message: fmt.Sprintf("Bundle Secret %s is full (%d older keys fill what a Secret holds); this key is not in it and does not work. "+
+				"Lower spec.maxApiKeys of TokenPolicy %q, or split the keys over more TokenPolicies.", name, len(view.byName), policy.Name)}, nil
+	}
+	return notInBundle(policy, "does not carry the key's current secret yet"), nil
+}
+
+func notInBundle(policy *keygatev1.TokenPolicy, why string) verdict {
+	return verdict{Reason: keygatev1.ReasonNotInBundle,
+		Message: fmt.Sprintf("Bundle Secret %s of TokenPolicy %q %s; the key does not work until it does.", bundle.SecretName(policy.Name), policy.Name, why)}
+}
+
+// bundleView is what the ApiKey reconciler needs of one version of a bundle Secret.
+type bundleView struct {
+	resourceVersion string
+	hashKey         []byte
+	// byName maps an ApiKey's name to its entry.
+	byName map[string]*bundle.Key
+	cuts   cutoffs
+}
+
+// bundleViews parses each version of a bundle Secret once, however many
+// ApiKeys ask about it; it keeps the last two versions of each Secret, the
+// pair a watch event compares.
+type bundleViews struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName][2]*bundleView
+}
+
+// get returns the view of s, nil when its bundle does not parse.
+func (c *bundleViews) get(s *corev1.Secret) *bundleView {
+	nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+	c.mu.Lock()
+	pair := c.m[nn]
+	c.mu.Unlock()
+	for _, v := range pair {
+		if v != nil && v.resourceVersion == s.ResourceVersion {
+			return v
+		}
+	}
+	b, err := bundle.Parse(s.Data[bundle.SecretDataKey])
+	if err != nil {
+		return nil
+	}
+	v := &bundleView{resourceVersion: s.ResourceVersion, hashKey: b.HashKey,
+		byName: make(map[string]*bundle.Key, len(b.Keys)), cuts: readCutoffs(s.Annotations)}
+	for i := range b.Keys {
+		v.byName[b.Keys[i].Name] = &b.Keys[i]
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[types.NamespacedName][2]*bundleView{}
+	}
+	pair = c.m[nn]
+	c.m[nn] = [2]*bundleView{v, pair[0]}
+	return v
+}
+
+// forget drops the views of a deleted Secret.
+func (c *bundleViews) forget(nn types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, nn)
+}
+
+// changedKeys lists the ApiKeys whose entry differs between two versions of
+// a bundle (added, removed or changed); all is true when the cuts moved, and
+// so may have changed the reason of keys neither version carries.
+func changedKeys(old, cur *bundleView) (names []string, all bool) {
+	if old == nil || cur == nil || !old.cuts.equal(cur.cuts) {
+		return nil, true
+	}
+	for name, e := range cur.byName {
+		if o := old.byName[name]; o == nil || !sameEntry(o, e) {
+			names = append(names, name)
+		}
+	}
+	for name := range old.byName {
+		if cur.byName[name] == nil {
+			names = append(names, name)
+		}
+	}
+	return names, false
+}
+
+// sameEntry compares what Ready depends on: the key ID and the digests.
+func sameEntry(a, b *bundle.Key) bool {
+	if a.KeyID != b.KeyID || len(a.Secrets) != len(b.Secrets) {
+		return false
+	}
+	for i := range a.Secrets {
+		if !b.Carries(a.Secrets[i].Digest) {
+			return false
+		}
+	}
+	return true
+}
