@@ -39,7 +39,7 @@ the minute each key ID last authenticated into keygate-<policy>-usage, at
 most once a minute.
 File mode: --bundle-file (and --revocations-file), reloaded on change.
 
-Admin port: /healthz, /readyz, /metrics.
+Admin port: /healthz, /readyz, /metrics (and /debug/pprof/ with --enable-pprof).
 
 Flags:
 `
@@ -77,6 +77,7 @@ func run(ctx context.Context, args []string) error {
 	failureLimit := fs.Int("failure-limit", 20, "failed authentications per minute per key ID and per address before 429")
 	keyMetrics := fs.Int("ratelimit-key-metrics", 0, "label keygate_sidecar_ratelimited_by_key_total with up to this many key IDs (0: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -158,7 +159,11 @@ func run(ctx context.Context, args []string) error {
 	t := server.DefaultTimeouts
 	t.Read, t.Write = *readTimeout, *writeTimeout
 	main := server.NewHTTPServer(srv.Handler(), t)
-	admin := server.NewHTTPServer(server.AdminHandler(srv, store, metrics), server.DefaultTimeouts)
+	var adminOpts []server.AdminOption
+	if *enablePprof {
+		adminOpts = append(adminOpts, server.WithPprof())
+	}
+	admin := server.NewHTTPServer(server.AdminHandler(srv, store, metrics, adminOpts...), server.DefaultTimeouts)
 
 	mainLn, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
 	if err != nil {

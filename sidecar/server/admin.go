@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -10,10 +11,28 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/config"
 )
 
+// AdminOption adds to the admin port.
+type AdminOption func(*http.ServeMux)
+
+// WithPprof serves net/http/pprof under /debug/pprof/ (--enable-pprof).
+func WithPprof() AdminOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+}
+
 // AdminHandler serves /healthz (liveness), /readyz (a bundle is loaded and
-// the server is not draining; the detail names a stale source) and /metrics.
-func AdminHandler(s *Server, store *config.Store, m *Metrics) http.Handler {
+// the server is not draining; the detail names a stale source), /metrics,
+// and what opts add.
+func AdminHandler(s *Server, store *config.Store, m *Metrics, opts ...AdminOption) http.Handler {
 	mux := http.NewServeMux()
+	for _, o := range opts {
+		o(mux)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
