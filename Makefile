@@ -76,6 +76,11 @@ build: ## Build the manager and the sidecar into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/sidecar ./cmd/sidecar
 
 IMAGE_TAG ?= v0.1.0
+PLUGIN_VERSION ?= $(IMAGE_TAG)
+
+.PHONY: plugin
+plugin: ## Build the kubectl plugin into bin/kubectl-keygate (with bin/ on PATH: `kubectl keygate ...`).
+	CGO_ENABLED=0 go build -ldflags "-X github.com/keygate-dev/keygate/plugin/cli.Version=$(PLUGIN_VERSION)" -o $(BIN)/kubectl-keygate ./cmd/kubectl-keygate
 
 .PHONY: images
 images: build ## Build the manager and sidecar images without Docker, as tarballs in bin/images (pinned tags).
