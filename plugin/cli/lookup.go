@@ -16,6 +16,11 @@ import (
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
+// keyNotFound is the error of a missing ApiKey.
+type keyNotFound struct{ msg string }
+
+func (e keyNotFound) Error() string { return e.msg }
+
 // getKey reads an ApiKey. When it does not exist in ns but does elsewhere,
 // the error says where, so `-n` is the obvious fix.
 func (s *session) getKey(ctx context.Context, ns, name string) (*keygatev1.ApiKey, error) {
@@ -28,9 +33,9 @@ func (s *session) getKey(ctx context.Context, ns, name string) (*keygatev1.ApiKe
 		return nil, fmt.Errorf("read ApiKey %s/%s: %w", ns, name, err)
 	}
 	if others := s.namespacesOf(ctx, name); len(others) > 0 {
-		return nil, fmt.Errorf("ApiKey %q not found in namespace %q; it exists in namespace %s (use -n)", name, ns, strings.Join(others, ", "))
+		return nil, keyNotFound{fmt.Sprintf("ApiKey %q not found in namespace %q; it exists in namespace %s (use -n)", name, ns, strings.Join(others, ", "))}
 	}
-	return nil, fmt.Errorf("ApiKey %q not found in namespace %q", name, ns)
+	return nil, keyNotFound{fmt.Sprintf("ApiKey %q not found in namespace %q", name, ns)}
 }
 
 // namespacesOf lists the namespaces holding an ApiKey called name; it is a

@@ -160,6 +160,10 @@ func (o *Options) connect() (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	// --wait polls a few objects several times a second.
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = 20, 40
+	}
 	ns, _, err := o.Flags.ToRawKubeConfigLoader().Namespace()
 	if err != nil {
 		return nil, err

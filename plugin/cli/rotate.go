@@ -162,8 +162,12 @@ func (o *rotateOptions) waitRotated(ctx context.Context, s *session, r *rotateRe
 	bundles := &bundleCache{s: s}
 	err := wait.PollUntilContextTimeout(ctx, o.PollInterval, o.timeout, true, func(ctx context.Context) (bool, error) {
 		k, err := s.getKey(ctx, r.Namespace, r.Name)
-		if err != nil {
+		var missing keyNotFound
+		if errors.As(err, &missing) {
 			return false, err
+		}
+		if err != nil {
+			return false, nil //nolint:nilerr // a failed read is retried until the timeout
 		}
 		handled = k.Status.LastRotateRequest == r.RotateRequest
 		if !handled {

@@ -105,6 +105,9 @@ func (o *tokenOptions) run(ctx context.Context, name string) error {
 	if len(b.Policy.TokenPaths) == 0 {
 		return fmt.Errorf("TokenPolicy %s/%s has no token endpoint paths", s.namespace, policy)
 	}
+	if o.client != "" && b.Policy.APIKeyHeader == "" {
+		return fmt.Errorf("--client needs TokenPolicy %s/%s to set authentication.apiKeyHeader: the API server does not pass the Authorization header through pods/proxy", s.namespace, policy)
+	}
 	pod, err := s.readySidecar(ctx, s.namespace, policy)
 	if err != nil {
 		return err
@@ -112,9 +115,6 @@ func (o *tokenOptions) run(ctx context.Context, name string) error {
 	req := tokenRequest{APIKey: creds.KeyID, Secret: creds.Secret, Scope: strings.Join(o.scopes, " ")}
 	header := http.Header{"Content-Type": {"application/json"}}
 	if o.client != "" {
-		if b.Policy.APIKeyHeader == "" {
-			return fmt.Errorf("--client needs TokenPolicy %s/%s to set authentication.apiKeyHeader: the API server does not pass the Authorization header through pods/proxy", s.namespace, policy)
-		}
 		header.Set(b.Policy.APIKeyHeader, creds.KeyID+":"+creds.Secret)
 		req = tokenRequest{ClientKey: o.client, Scope: req.Scope}
 	}
