@@ -105,8 +105,8 @@ func (o *canIOptions) run(ctx context.Context, name, method, path string, from n
 		if err := printStructured(o.IO.Out, o.output, res); err != nil {
 			return err
 		}
-	} else {
-		o.explain(&res)
+	} else if err := o.explain(&res); err != nil {
+		return err
 	}
 	if !d.Allowed {
 		return silentExit{ExitError}
@@ -114,55 +114,56 @@ func (o *canIOptions) run(ctx context.Context, name, method, path string, from n
 	return nil
 }
 
-func (o *canIOptions) explain(r *canIResult) {
-	w := o.IO.Out
+func (o *canIOptions) explain(r *canIResult) error {
+	p := &printer{w: o.IO.Out}
 	d := r.Decision
 	verdict := "yes"
 	if !d.Allowed {
 		verdict = fmt.Sprintf("no (the sidecar answers %d, reason %s)", d.Status, d.Reason)
 	}
-	fmt.Fprintln(w, verdict)
+	p.f("%s\n", verdict)
 	who := "apikey/" + r.APIKey + " (" + dash(r.KeyID) + ")"
 	if r.Client != "" {
 		who += " as client " + r.Client
 	}
-	fmt.Fprintf(w, "  request:     %s %s by %s, TokenPolicy %s\n", r.Method, r.Path, who, r.Policy)
+	p.f("  request:     %s %s by %s, TokenPolicy %s\n", r.Method, r.Path, who, r.Policy)
 	switch d.Reason {
 	case decision.ReasonPublic:
-		fmt.Fprintln(w, "  route:       public path: forwarded without authentication")
-		return
+		p.f("%s\n", "  route:       public path: forwarded without authentication")
+		return p.err
 	case decision.ReasonEndpoint:
-		fmt.Fprintln(w, "  route:       served by the sidecar itself (token endpoint, revocation, introspection, JWKS or auth test)")
-		return
+		p.f("%s\n", "  route:       served by the sidecar itself (token endpoint, revocation, introspection, JWKS or auth test)")
+		return p.err
 	case "unknown_key":
-		fmt.Fprintln(w, "  key:         not in the policy's bundle (not Ready, disabled or expired: see kubectl keygate status)")
-		return
+		p.f("%s\n", "  key:         not in the policy's bundle (not Ready, disabled or expired: see kubectl keygate status)")
+		return p.err
 	case "key_expired":
-		fmt.Fprintln(w, "  key:         expired")
-		return
+		p.f("%s\n", "  key:         expired")
+		return p.err
 	case "unknown_client":
-		fmt.Fprintf(w, "  client:      %q is not a client of this key\n", r.Client)
-		return
+		p.f("  client:      %q is not a client of this key\n", r.Client)
+		return p.err
 	}
 	switch {
 	case !d.CIDR.Checked:
-		fmt.Fprintf(w, "  address:     not checked (give --from); allowed blocks: policy %s, key %s\n", blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
+		p.f("  address:     not checked (give --from); allowed blocks: policy %s, key %s\n", blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
 	case d.CIDR.Allowed:
-		fmt.Fprintf(w, "  address:     %s allowed (policy %s, key %s)\n", r.From, blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
+		p.f("  address:     %s allowed (policy %s, key %s)\n", r.From, blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
 	default:
-		fmt.Fprintf(w, "  address:     %s outside the allowed blocks (policy %s, key %s)\n", r.From, blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
-		return
+		p.f("  address:     %s outside the allowed blocks (policy %s, key %s)\n", r.From, blocks(d.CIDR.Policy), blocks(d.CIDR.Key))
+		return p.err
 	}
 	if d.Rule >= 0 {
-		fmt.Fprintf(w, "  rule:        rules[%d] %s %s needs %s\n", d.Rule, methods(d.RuleText.Methods), strings.Join(d.RuleText.Paths, ","), d.Permission)
+		p.f("  rule:        rules[%d] %s %s needs %s\n", d.Rule, methods(d.RuleText.Methods), strings.Join(d.RuleText.Paths, ","), d.Permission)
 		held := "held"
 		if !d.Held {
 			held = "NOT held"
 		}
-		fmt.Fprintf(w, "  permission:  %s %s (holds: %s)\n", d.Permission, held, permList(d.Permissions))
+		p.f("  permission:  %s %s (holds: %s)\n", d.Permission, held, permList(d.Permissions))
 	} else {
-		fmt.Fprintf(w, "  rule:        none matches; defaultAction %s\n", d.DefaultAction)
+		p.f("  rule:        none matches; defaultAction %s\n", d.DefaultAction)
 	}
+	return p.err
 }
 
 func blocks(list []string) string {

@@ -61,7 +61,7 @@ A warning goes to stderr when stdout is a terminal.`,
 				return err
 			}
 			if root.IsTerminal(root.IO.Out) {
-				fmt.Fprintf(root.IO.ErrOut, "Warning: this prints the secret of ApiKey %s/%s; it stays in your terminal's scrollback.\n", s.namespace, args[0])
+				_, _ = fmt.Fprintf(root.IO.ErrOut, "Warning: this prints the secret of ApiKey %s/%s; it stays in your terminal's scrollback.\n", s.namespace, args[0])
 			}
 			out := root.IO.Out
 			switch format {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/printers"
@@ -73,10 +72,14 @@ func (t *tabwriterFlusher) row(cols ...any) {
 
 func (t *tabwriterFlusher) flush() error { return t.w.Flush() }
 
-// timestamp prints an optional time in RFC 3339, "-" when unset.
-func timestamp(t *time.Time) string {
-	if t == nil {
-		return "-"
+// printer writes lines and keeps the first write error.
+type printer struct {
+	w   io.Writer
+	err error
+}
+
+func (p *printer) f(format string, args ...any) {
+	if p.err == nil {
+		_, p.err = fmt.Fprintf(p.w, format, args...)
 	}
-	return t.UTC().Format(time.RFC3339)
 }

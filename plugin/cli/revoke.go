@@ -85,7 +85,7 @@ func (o *revokeOptions) run(ctx context.Context) error {
 	if err := store.Revoke(ctx, jti, exp); err != nil {
 		return err
 	}
-	fmt.Fprintf(o.IO.Out, "token %s revoked on every sidecar of TokenPolicy %s (entry kept until %s)\n",
+	_, err = fmt.Fprintf(o.IO.Out, "token %s revoked on every sidecar of TokenPolicy %s (entry kept until %s)\n",
 		jti, o.policy, exp.Add(bundle.TokenLeeway).UTC().Format(time.RFC3339))
-	return nil
+	return err
 }

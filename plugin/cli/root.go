@@ -73,11 +73,11 @@ func Run(args []string, o *Options) int {
 	if errors.As(err, &silent) {
 		return silent.code
 	}
-	fmt.Fprintln(o.IO.ErrOut, "error:", err)
+	_, _ = fmt.Fprintln(o.IO.ErrOut, "error:", err)
 	var usage usageError
 	if errors.As(err, &usage) || strings.HasPrefix(err.Error(), "unknown command") ||
 		strings.HasPrefix(err.Error(), "unknown flag") || strings.HasPrefix(err.Error(), "unknown shorthand flag") {
-		fmt.Fprintf(o.IO.ErrOut, "See '%s --help' for usage.\n", commandName)
+		_, _ = fmt.Fprintf(o.IO.ErrOut, "See '%s --help' for usage.\n", commandName)
 		return ExitUsage
 	}
 	return ExitError

@@ -124,7 +124,9 @@ func (o *rotateOptions) run(ctx context.Context, names []string) error {
 		}
 		results = append(results, rotateResult{Namespace: k.Namespace, Name: k.Name, RotateRequest: value})
 		if !o.wait && o.output == formatTable {
-			fmt.Fprintf(o.IO.Out, "apikey/%s rotation requested (%s=%s)\n", k.Name, keygatev1.AnnotationRotate, value)
+			if _, err := fmt.Fprintf(o.IO.Out, "apikey/%s rotation requested (%s=%s)\n", k.Name, keygatev1.AnnotationRotate, value); err != nil {
+				return err
+			}
 		}
 	}
 	if o.wait {
@@ -133,7 +135,9 @@ func (o *rotateOptions) run(ctx context.Context, names []string) error {
 				return err
 			}
 			if o.output == formatTable {
-				o.printRotated(&results[i])
+				if err := o.printRotated(&results[i]); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -216,13 +220,14 @@ func bundleCarriage(ks inspect.KeyStatus) string {
 	return fmt.Sprintf("version %d", ks.BundleVersion)
 }
 
-func (o *rotateOptions) printRotated(r *rotateResult) {
-	w := o.IO.Out
-	fmt.Fprintf(w, "apikey/%s rotated: secret version %d is in the bundle of its policy\n", r.Name, r.SecretVersion)
+func (o *rotateOptions) printRotated(r *rotateResult) error {
+	p := &printer{w: o.IO.Out}
+	p.f("apikey/%s rotated: secret version %d is in the bundle of its policy\n", r.Name, r.SecretVersion)
 	if t := r.PreviousSecretExpiresAt; t != nil {
-		fmt.Fprintf(w, "  previous secret works until %s (%s left)\n", t.UTC().Format(time.RFC3339), duration.HumanDuration(t.Sub(o.Now())))
+		p.f("  previous secret works until %s (%s left)\n", t.UTC().Format(time.RFC3339), duration.HumanDuration(t.Sub(o.Now())))
 	} else {
-		fmt.Fprintln(w, "  previous secret no longer works (grace period 0)")
+		p.f("%s\n", "  previous secret no longer works (grace period 0)")
 	}
-	fmt.Fprintf(w, "  read the new secret: kubectl keygate credentials %s -n %s\n", r.Name, r.Namespace)
+	p.f("  read the new secret: kubectl keygate credentials %s -n %s\n", r.Name, r.Namespace)
+	return p.err
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -103,7 +104,7 @@ func (o *statusOptions) runKeys(ctx context.Context, names []string) error {
 		if o.AllNamespaces {
 			ns = ""
 		}
-		fmt.Fprintf(o.IO.ErrOut, "No ApiKeys found in %s.\n", describeScope(ns, ""))
+		_, _ = fmt.Fprintf(o.IO.ErrOut, "No ApiKeys found in %s.\n", describeScope(ns, ""))
 		return nil
 	}
 	t := newTable(o.IO.Out)
@@ -157,21 +158,22 @@ func (o *statusOptions) runPolicy(ctx context.Context) error {
 		return printStructured(o.IO.Out, o.output, ps)
 	}
 	w := o.IO.Out
-	fmt.Fprintf(w, "TokenPolicy %s/%s: Ready=%s", ps.Namespace, ps.Name, ps.Ready)
+	out := &printer{w: w}
+	out.f("TokenPolicy %s/%s: Ready=%s", ps.Namespace, ps.Name, ps.Ready)
 	if ps.Reason != "" {
-		fmt.Fprintf(w, " (%s)", ps.Reason)
+		out.f(" (%s)", ps.Reason)
 	}
-	fmt.Fprintln(w)
+	out.f("\n")
 	limit := "no limit"
 	if ps.MaxApiKeys > 0 {
 		limit = fmt.Sprintf("maxApiKeys %d", ps.MaxApiKeys)
 	}
-	fmt.Fprintf(w, "API keys:     %d (%s); %d in the bundle\n", ps.ApiKeys, limit, ps.BundleKeys)
-	fmt.Fprintf(w, "Revocations:  %d in force\n", ps.Revocations)
+	out.f("API keys:     %d (%s); %d in the bundle\n", ps.ApiKeys, limit, ps.BundleKeys)
+	out.f("Revocations:  %d in force\n", ps.Revocations)
 	if bundleErr != nil {
-		fmt.Fprintf(w, "Bundle:       %v\n", bundleErr)
+		out.f("Bundle:       %v\n", bundleErr)
 	}
-	fmt.Fprintln(w, "\nSigning keys:")
+	out.f("\nSigning keys:\n")
 	t := newTable(w)
 	t.row("  KID", "ALG", "AGE", "STATE")
 	for _, k := range ps.SigningKeys {
@@ -184,17 +186,17 @@ func (o *statusOptions) runPolicy(ctx context.Context) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nSidecar pods:")
+	out.f("\nSidecar pods:\n")
 	if len(ps.Sidecars) == 0 {
-		fmt.Fprintf(w, "  none (pods labelled %s=true with %s=%s)\n", keygatev1.LabelInject, keygatev1.AnnotationPolicy, ps.Name)
-		return nil
+		out.f("  none (pods labelled %s=true with %s=%s)\n", keygatev1.LabelInject, keygatev1.AnnotationPolicy, ps.Name)
+		return out.err
 	}
 	t = newTable(w)
 	t.row("  POD", "READY", "PHASE")
 	for _, sc := range ps.Sidecars {
 		t.row("  "+sc.Pod, sc.Ready, sc.Phase)
 	}
-	return t.flush()
+	return errors.Join(out.err, t.flush())
 }
 
 func dash(s string) string {

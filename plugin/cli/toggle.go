@@ -30,16 +30,16 @@ func newToggleCommand(root *Options, verb string, disabled bool) *cobra.Command 
 				return err
 			}
 			if key.Spec.Disabled == disabled {
-				fmt.Fprintf(root.IO.Out, "apikey/%s already %sd\n", key.Name, verb)
-				return nil
+				_, err = fmt.Fprintf(root.IO.Out, "apikey/%s already %sd\n", key.Name, verb)
+				return err
 			}
 			patch := client.MergeFrom(key.DeepCopy())
 			key.Spec.Disabled = disabled
 			if err := s.client.Patch(cmd.Context(), key, patch); err != nil {
 				return fmt.Errorf("%s ApiKey %s/%s: %w", verb, key.Namespace, key.Name, err)
 			}
-			fmt.Fprintf(root.IO.Out, "apikey/%s %sd\n", key.Name, verb)
-			return nil
+			_, err = fmt.Fprintf(root.IO.Out, "apikey/%s %sd\n", key.Name, verb)
+			return err
 		},
 	}
 }
