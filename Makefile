@@ -60,7 +60,7 @@ test: verify vet lint envtest $(HELM) ## Verify generated files, lint, run every
 
 # Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
 FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
-	./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
+	./sidecar/token:FuzzVerify ./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 5s) on top of its seed corpus.

@@ -24,16 +24,27 @@ type compactSigner struct {
 	sign   func(signingInput []byte) ([]byte, error)
 }
 
-func newCompactSigner(alg, kid string, priv any) (*compactSigner, error) {
+// encodedHeader is the base64url protected header of every token keygate
+// signs with a key: {"alg":…,"kid":…,"typ":"JWT"}, the members in the order
+// go-jose also writes them.
+func encodedHeader(alg, kid string) (string, error) {
 	hdr, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
 	}{alg, kid, "JWT"})
 	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(hdr), nil
+}
+
+func newCompactSigner(alg, kid string, priv any) (*compactSigner, error) {
+	hdr, err := encodedHeader(alg, kid)
+	if err != nil {
 		return nil, err
 	}
-	s := &compactSigner{prefix: base64.RawURLEncoding.EncodeToString(hdr) + "."}
+	s := &compactSigner{prefix: hdr + "."}
 	switch k := priv.(type) {
 	case ed25519.PrivateKey:
 		s.sign = func(in []byte) ([]byte, error) { return ed25519.Sign(k, in), nil }
