@@ -263,8 +263,10 @@ func TestMissingPolicyThenCreated(t *testing.T) {
 	create(t, newPolicy(ns, "later"))
 	waitReason(t, ns, "k", "True/Ready")
 	cr, _ := getCreds(g, ns, "k-credentials")
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "later")[cr.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "later", cr.Secret)}))
+	// The expectation is computed inside the poll: the bundle Secret may not exist yet.
+	g.Eventually(func(g Gomega) {
+		g.Expect(bundleDigests(g, ns, "later")[cr.KeyID]).To(Equal([][]byte{digestOf(g, ns, "later", cr.Secret)}))
+	}, timeout, interval).Should(Succeed())
 }
 
 func TestLimitExceededThenKeyDeleted(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -106,11 +107,37 @@ func TestUsageFoldedAndStale(t *testing.T) {
 	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("True/Unused"))
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "k") }, timeout, interval).Should(ContainElement(keygatev1.ReasonUnused))
 	g.Expect(getApiKey(g, ns, "k").Status.Conditions).To(ContainElement(HaveField("Type", keygatev1.ConditionReady)), "Ready stays")
+	g.Expect(staleGauge(g, ns, "p")).To(Equal(1.0), "keygate_apikeys_stale")
 
 	// Used again: no longer stale.
 	report(t, cm, keyID, clk.Now().UTC().Truncate(time.Minute))
 	g.Eventually(func(g Gomega) string { return staleOf(g, ns, "k") }, timeout, interval).Should(Equal("False/RecentlyUsed"))
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "k") }, timeout, interval).Should(ContainElement(keygatev1.ReasonRecentlyUsed))
+	g.Expect(staleGauge(g, ns, "p")).To(Equal(0.0), "keygate_apikeys_stale once used again")
+}
+
+// staleGauge is keygate_apikeys_stale{namespace=ns,policy=policy} as the
+// collector reports it (-1 when absent).
+func staleGauge(g Gomega, ns, policy string) float64 {
+	reg := prometheus.NewRegistry()
+	g.Expect(reg.Register(ApiKeyCollector{Reader: k8sClient})).To(Succeed())
+	families, err := reg.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, f := range families {
+		if f.GetName() != "keygate_apikeys_stale" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["namespace"] == ns && labels["policy"] == policy {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
 }
 
 func report(t *testing.T, cm *corev1.ConfigMap, keyID string, at time.Time) {

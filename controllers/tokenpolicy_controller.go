@@ -84,7 +84,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
 	}()
 	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second)}
-	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureUsage, r.ensureBundle)
+	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle, r.ensureUsage)
 }
 
 // ownedObject stamps the labels and owner reference of a TokenPolicy's child.
