@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -147,4 +148,28 @@ func BenchmarkTake(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkMemory reports the heap held by full Buckets (100,000 subjects,
+// the sidecar's default cap) per subject, after 200,000 distinct subjects.
+func BenchmarkMemory(b *testing.B) {
+	l := Limit{Requests: 1, Per: time.Hour, Burst: 1}
+	subjects := make([]string, 200000)
+	for i := range subjects {
+		subjects[i] = "r\x00apk-" + strconv.Itoa(100000000+i) + "abcdefghij"
+	}
+	for n := 0; n < b.N; n++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		q := New(100000)
+		for _, s := range subjects {
+			q.Take(s, l, t0)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(q.Len()), "buckets")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(q.Len()), "heap-B/bucket")
+		runtime.KeepAlive(q)
+	}
 }
