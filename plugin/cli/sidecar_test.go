@@ -138,7 +138,7 @@ func TestTokenRevokeCanI(t *testing.T) {
 	}
 	// A key fenced to 185.184.111.0/24 gets no token through the API server:
 	// the sidecar sees the API server's address, and says so.
-	wantCode(t, kg(t, "token", "fenced", "-n", ns), ExitError, "the sidecar answered 401 invalid_client")
+	wantCode(t, kg(t, "token", "fenced", "-n", ns), ExitError, "the sidecar answered 401 invalid_client: client authentication failed (the key's allowedCIDRs apply to token requests too")
 
 	// A scoped token and a client token (through the API-key header), as JSON.
 	r = kg(t, "token", "shop", "-n", ns, "--scope", "charges:List", "-o", "json")

@@ -120,7 +120,11 @@ func (o *tokenOptions) run(ctx context.Context, name string) error {
 	}
 	resp, err := exchange(ctx, s.podProxy(pod), b.Policy.TokenPaths[0], header, req)
 	if err != nil {
-		return fmt.Errorf("token from pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		hint := ""
+		if len(key.Spec.AllowedCIDRs) > 0 {
+			hint = " (the key's allowedCIDRs apply to token requests too, and through pods/proxy the sidecar sees the API server's address)"
+		}
+		return fmt.Errorf("token from pod %s/%s: %w%s", pod.Namespace, pod.Name, err, hint)
 	}
 	if o.output != formatTable {
 		return printStructured(o.IO.Out, o.output, resp)

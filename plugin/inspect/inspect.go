@@ -4,7 +4,6 @@
 package inspect
 
 import (
-	"crypto/hmac"
 	"sort"
 	"time"
 
@@ -43,7 +42,8 @@ type KeyStatus struct {
 	// PreviousSecretExpiresAt ends the grace of the previous secret; GraceLeft
 	// is what remains of it (0 when over or none).
 	PreviousSecretExpiresAt *time.Time    `json:"previousSecretExpiresAt,omitempty"`
-	GraceLeft               time.Duration `json:"graceLeft"`
+	GraceLeft               time.Duration `json:"-"`
+	GraceLeftSeconds        int64         `json:"graceLeftSeconds"`
 	ExpiresAt               *time.Time    `json:"expiresAt,omitempty"`
 	Disabled                bool          `json:"disabled"`
 	// InBundle is InBundleYes, InBundleStale, InBundleNo or InBundleUnknown.
@@ -52,21 +52,13 @@ type KeyStatus struct {
 	BundleVersion int64 `json:"bundleVersion,omitempty"`
 }
 
-// FindKey returns the bundle's entry for keyID, or nil.
+// FindKey returns the bundle's entry for keyID (bundle.Lookup), or nil when
+// there is no bundle.
 func FindKey(b *bundle.Bundle, keyID string) *bundle.Key {
 	if b == nil || keyID == "" {
 		return nil
 	}
-	i := sort.Search(len(b.Keys), func(i int) bool { return b.Keys[i].KeyID >= keyID })
-	if i < len(b.Keys) && b.Keys[i].KeyID == keyID {
-		return &b.Keys[i]
-	}
-	for j := range b.Keys { // tolerate an unsorted bundle
-		if b.Keys[j].KeyID == keyID {
-			return &b.Keys[j]
-		}
-	}
-	return nil
+	return b.Lookup(keyID)
 }
 
 // Key describes an ApiKey; b is its policy's bundle, nil when unreadable.
@@ -89,6 +81,7 @@ func Key(key *keygatev1.ApiKey, b *bundle.Bundle, now time.Time) KeyStatus {
 		ks.PreviousSecretExpiresAt = &t
 		if left := t.Sub(now); left > 0 {
 			ks.GraceLeft = left.Truncate(time.Second)
+			ks.GraceLeftSeconds = int64(ks.GraceLeft / time.Second)
 		}
 	}
 	if st.ExpiresAt != nil {
@@ -111,14 +104,10 @@ func Key(key *keygatev1.ApiKey, b *bundle.Bundle, now time.Time) KeyStatus {
 	return ks
 }
 
-// CarriesSecret reports whether the bundle's current digest for keyID is
-// the digest of secret (compared in constant time).
+// CarriesSecret reports whether the bundle lets keyID authenticate with
+// secret (bundle.Carries, constant-time digest comparison).
 func CarriesSecret(b *bundle.Bundle, keyID, secret string) bool {
-	k := FindKey(b, keyID)
-	if k == nil || len(k.Secrets) == 0 || secret == "" {
-		return false
-	}
-	return hmac.Equal(k.Secrets[0].Digest, bundle.Digest(b.HashKey, secret))
+	return b != nil && secret != "" && b.Carries(keyID, bundle.Digest(b.HashKey, secret))
 }
 
 // SigningKeyStatus describes one signing key of a bundle.
@@ -126,7 +115,9 @@ type SigningKeyStatus struct {
 	KeyID     string        `json:"kid"`
 	Algorithm string        `json:"alg"`
 	CreatedAt time.Time     `json:"createdAt"`
-	Age       time.Duration `json:"age"`
+	Age       time.Duration `json:"-"`
+	// AgeSeconds is Age in seconds (JSON and YAML output).
+	AgeSeconds int64 `json:"ageSeconds"`
 	// RetiresAt is set on previous keys, which verify but no longer sign.
 	RetiresAt *time.Time `json:"retiresAt,omitempty"`
 	Current   bool       `json:"current"`
@@ -168,8 +159,9 @@ func Policy(p *keygatev1.TokenPolicy, b *bundle.Bundle, apiKeys int, revocations
 	if b != nil {
 		ps.BundleKeys = len(b.Keys)
 		for i, k := range b.SigningKeys {
+			age := now.Sub(k.CreatedAt).Truncate(time.Second)
 			ps.SigningKeys = append(ps.SigningKeys, SigningKeyStatus{KeyID: k.KeyID, Algorithm: k.Algorithm,
-				CreatedAt: k.CreatedAt, Age: now.Sub(k.CreatedAt).Truncate(time.Second), RetiresAt: k.RetiresAt, Current: i == 0})
+				CreatedAt: k.CreatedAt, Age: age, AgeSeconds: int64(age / time.Second), RetiresAt: k.RetiresAt, Current: i == 0})
 		}
 	}
 	for _, pod := range SidecarPods(pods, p.Name) {

@@ -65,7 +65,7 @@ func TestKey(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ks := Key(c.key, c.b, now)
-			if ks.InBundle != c.inBundle || ks.Ready != c.ready || ks.GraceLeft != c.graceLeft {
+			if ks.InBundle != c.inBundle || ks.Ready != c.ready || ks.GraceLeft != c.graceLeft || ks.GraceLeftSeconds != int64(c.graceLeft/time.Second) {
 				t.Errorf("got inBundle %q ready %q graceLeft %v; want %q %q %v", ks.InBundle, ks.Ready, ks.GraceLeft, c.inBundle, c.ready, c.graceLeft)
 			}
 		})
@@ -79,8 +79,8 @@ func TestCarriesSecret(t *testing.T) {
 	if !CarriesSecret(b, "apk-a", "new") {
 		t.Error("current secret not recognised")
 	}
-	if CarriesSecret(b, "apk-a", "old") || CarriesSecret(b, "apk-a", "") || CarriesSecret(b, "apk-b", "new") {
-		t.Error("a previous secret, an empty one or another key counted as carried")
+	if CarriesSecret(b, "apk-a", "other") || CarriesSecret(b, "apk-a", "") || CarriesSecret(b, "apk-b", "new") || CarriesSecret(nil, "apk-a", "new") {
+		t.Error("an unknown secret, an empty one, another key or no bundle counted as carried")
 	}
 }
 
@@ -113,7 +113,7 @@ func TestPolicy(t *testing.T) {
 	if ps.ApiKeys != 3 || ps.MaxApiKeys != 40 || ps.BundleKeys != 1 || ps.Revocations != 2 {
 		t.Errorf("counts: %+v", ps)
 	}
-	if len(ps.SigningKeys) != 2 || !ps.SigningKeys[0].Current || ps.SigningKeys[1].Current || ps.SigningKeys[1].RetiresAt == nil || ps.SigningKeys[1].Age != 720*time.Hour {
+	if len(ps.SigningKeys) != 2 || !ps.SigningKeys[0].Current || ps.SigningKeys[1].Current || ps.SigningKeys[1].RetiresAt == nil || ps.SigningKeys[1].Age != 720*time.Hour || ps.SigningKeys[1].AgeSeconds != 720*3600 {
 		t.Errorf("signing keys: %+v", ps.SigningKeys)
 	}
 	want := []SidecarStatus{{"a-starting", false, "Pending"}, {"b-ready", true, "Running"}, {"c-sidecar-down", false, "Running"}}
