@@ -107,6 +107,10 @@ $(HELM):
 bench-operator: envtest ## Benchmark the operator: 1,000 ApiKeys on envtest; prints time to Ready, change→bundle p50/p99, peak RSS.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkOperator -benchtime=1x -count=1 -timeout=10m ./test/bench/operator
 
+.PHONY: bench-scale
+bench-scale: envtest ## Benchmark at scale: manager + sidecar as processes vs the API server's ceiling; N from BENCH_SCALE_N (default 1000,10000).
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkScale -benchtime=1x -count=1 -timeout=60m ./test/bench/scale
+
 .PHONY: bench-sidecar
 bench-sidecar: ## Benchmark the sidecar: req/s, p50/p99 and ratio to a plain reverse proxy; token issuance; RSS.
 	go test -run='^$$' -bench=. -benchmem -count=1 -timeout=20m ./test/bench/sidecar

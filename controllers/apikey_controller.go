@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +43,9 @@ type ApiKeyReconciler struct {
 
 	// bundles holds the parsed bundle Secrets, one per resourceVersion.
 	bundles bundleViews
+	// firstPass records when a new key's status write was first deferred
+	// (deferNewKeyStatus); a restart only defers it once more.
+	firstPass sync.Map
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=apikeys,verbs=get;list;watch
@@ -54,6 +58,9 @@ type ApiKeyReconciler struct {
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	key := &keygatev1.ApiKey{}
 	if err := r.Get(ctx, req.NamespacedName, key); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.firstPass.Delete(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !key.DeletionTimestamp.IsZero() {
@@ -61,7 +68,11 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	}
 	before := key.DeepCopy()
 	patch := client.MergeFrom(before)
+	pass := &keyPass{key: key}
 	defer func() {
+		if err == nil && pass.deferStatus {
+			return
+		}
 		if err == nil || errors.Is(err, reconcile.TerminalError(nil)) {
 			key.Status.ObservedGeneration = key.Generation
 		}
@@ -71,7 +82,7 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		}
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, key, patch)))
 	}()
-	return runPhases(ctx, &keyPass{key: key}, r.ensureCredentials, r.checkReady, r.checkUsage)
+	return runPhases(ctx, pass, r.ensureCredentials, r.checkReady, r.checkUsage)
 }
 
 // keyPass carries what one reconciliation learns from phase to phase.
@@ -79,6 +90,8 @@ type keyPass struct {
 	key *keygatev1.ApiKey
 	// creds are the credentials the key's Secret holds after ensureCredentials.
 	creds credentials
+	// deferStatus skips this pass's status write (see deferNewKeyStatus).
+	deferStatus bool
 }
 
 // runPhases runs phases until one fails and returns the soonest requeue.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -40,6 +41,10 @@ func (r *ApiKeyReconciler) checkReady(ctx context.Context, pass *keyPass) (ctrl.
 			return ctrl.Result{}, err
 		}
 	}
+	if wait := r.deferNewKeyStatus(key, v, now); wait > 0 {
+		pass.deferStatus = true
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
 	status := metav1.ConditionFalse
 	if v.Ready {
 		status = metav1.ConditionTrue
@@ -51,6 +56,32 @@ func (r *ApiKeyReconciler) checkReady(ctx context.Context, pass *keyPass) (ctrl.
 		return ctrl.Result{RequeueAfter: requeueAt(now, key.Spec.ExpiresAt.Time)}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// newKeyStatusDelay is how long a new key's first status may wait for the
+// bundle that makes it Ready.
+const newKeyStatusDelay = 10 * time.Second
+
+// deferNewKeyStatus decides whether a new key's status write is skipped: a
+// key without any status yet that is only waiting for the next bundle
+// (NotInBundle) would be written twice within a moment, NotInBundle then
+// Ready. The bundle's change re-queues the key, and one write then records
+// everything; should the bundle not come, the returned wait re-queues it
+// newKeyStatusDelay after its first pass, and from then on it is written.
+// The credentials Secret, written already, holds the bookkeeping that
+// matters. It returns 0 when the status is to be written now.
+func (r *ApiKeyReconciler) deferNewKeyStatus(key *keygatev1.ApiKey, v verdict, now time.Time) time.Duration {
+	nn := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
+	if v.Reason != keygatev1.ReasonNotInBundle || len(key.Status.Conditions) > 0 {
+		r.firstPass.Delete(nn)
+		return 0
+	}
+	first, _ := r.firstPass.LoadOrStore(nn, now)
+	if wait := requeueAt(now, first.(time.Time).Add(newKeyStatusDelay)); wait > 0 {
+		return wait
+	}
+	r.firstPass.Delete(nn)
+	return 0
 }
 
 // bundleVerdict looks the key up in its policy's published bundle. A key the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -24,7 +26,8 @@ func TestReadyOnlyWhenInBundle(t *testing.T) {
 	ns := newNamespace(t)
 	create(t, newPolicy(ns, "p"), newApiKey(ns, "k", "p", withRotation(0, 0)))
 	c := startCache(t, ns)
-	ak := &ApiKeyReconciler{Client: c, APIReader: k8sClient, Clock: clock.RealClock{}, Recorder: discardRecorder{}}
+	clk := clocktesting.NewFakeClock(time.Now())
+	ak := &ApiKeyReconciler{Client: c, APIReader: k8sClient, Clock: clk, Recorder: discardRecorder{}}
 	tp := &TokenPolicyReconciler{Client: c, Clock: clock.RealClock{}, Recorder: discardRecorder{}}
 	// Each pass reads what the previous one wrote: wait for the cache to see
 	// the API server's current state of the objects involved.
@@ -55,6 +58,15 @@ func TestReadyOnlyWhenInBundle(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 	}
 
+	// A new key's first status waits for the bundle a little (one write instead of two)...
+	synced()
+	res, err := ak.Reconcile(context.Background(), reconcileRequest(ns, "k"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(getApiKey(g, ns, "k").Status.Conditions).To(BeEmpty())
+	g.Expect(res.RequeueAfter).To(BeNumerically(">", 0))
+	g.Expect(res.RequeueAfter).To(BeNumerically("<=", newKeyStatusDelay))
+	// ...but not for long.
+	clk.Step(newKeyStatusDelay + time.Second)
 	g.Expect(reconcileKey()).To(Equal("False/NotInBundle"), "no bundle published yet")
 	g.Expect(readyConditionOf(g, ns, "k").Message).To(ContainSubstring("has not been published yet"))
 	reconcilePolicy()

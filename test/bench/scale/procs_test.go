@@ -1,0 +1,188 @@
+package scale
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+)
+
+// arrivedAt is the key under which a log line records when it was read.
+const arrivedAt = "_arrivedAt"
+
+// process is a keygate binary run as its own process, as users run it.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+
+	mu    sync.Mutex
+	lines []map[string]any // its JSON log lines, parsed
+	subs  []chan map[string]any
+}
+
+// startProcess runs bin with args, collecting its JSON log lines from stderr.
+func startProcess(b *testing.B, name, bin string, args ...string) *process {
+	b.Helper()
+	p := &process{name: name, cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	stderr, err := p.cmd.StderrPipe()
+	must(b, err)
+	p.cmd.Stdout = io.Discard
+	must(b, p.cmd.Start())
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := map[string]any{}
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			line[arrivedAt] = time.Now()
+			p.mu.Lock()
+			p.lines = append(p.lines, line)
+			for _, s := range p.subs {
+				select {
+				case s <- line:
+				default:
+				}
+			}
+			p.mu.Unlock()
+		}
+	}()
+	b.Cleanup(func() { p.stop(b) })
+	return p
+}
+
+// subscribe returns the log lines logged from now on (a slow reader loses some).
+func (p *process) subscribe() chan map[string]any {
+	ch := make(chan map[string]any, 1024)
+	p.mu.Lock()
+	p.subs = append(p.subs, ch)
+	p.mu.Unlock()
+	return ch
+}
+
+// waitLog waits for a log line, already logged or to come, that ok accepts.
+func (p *process) waitLog(ctx context.Context, b *testing.B, what string, ok func(map[string]any) bool) map[string]any {
+	b.Helper()
+	ch := p.subscribe()
+	p.mu.Lock()
+	for _, l := range p.lines {
+		if ok(l) {
+			p.mu.Unlock()
+			return l
+		}
+	}
+	p.mu.Unlock()
+	for {
+		select {
+		case l := <-ch:
+			if ok(l) {
+				return l
+			}
+		case <-p.done:
+			b.Fatalf("%s exited while waiting for %s", p.name, what)
+		case <-ctx.Done():
+			b.Fatalf("%s: no %s: %v", p.name, what, ctx.Err())
+		}
+	}
+}
+
+// peakRSSMiB is the process's VmHWM.
+func (p *process) peakRSSMiB(b *testing.B) float64 {
+	return vmHWM(b, fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+}
+
+func (p *process) stop(b *testing.B) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	_ = p.cmd.Wait()
+}
+
+func vmHWM(b *testing.B, file string) float64 {
+	raw, err := os.ReadFile(file)
+	must(b, err)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			must(b, err)
+			return kb / 1024
+		}
+	}
+	b.Fatalf("VmHWM not found in %s", file)
+	return 0
+}
+
+// etcdSizeMiB reads etcd's database size from its metrics.
+func etcdSizeMiB(b *testing.B, etcdURL string) float64 {
+	resp, err := http.Get(strings.TrimSuffix(etcdURL, "/") + "/metrics")
+	must(b, err)
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(resp.Body)
+	must(b, err)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "etcd_mvcc_db_total_size_in_bytes "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			must(b, err)
+			return v / (1 << 20)
+		}
+	}
+	b.Fatal("etcd_mvcc_db_total_size_in_bytes not found in etcd's metrics")
+	return 0
+}
+
+// apiRequests reads the API server's request counts by verb and resource
+// (apiserver_request_total), for the breakdown BENCH_DEBUG=1 prints.
+func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
+	raw, err := rc.Get().AbsPath("/metrics").DoRaw(context.Background())
+	must(b, err)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		rest, ok := strings.CutPrefix(line, "apiserver_request_total{")
+		if !ok {
+			continue
+		}
+		labels, value, _ := strings.Cut(rest, "} ")
+		var verb, resource, sub string
+		for _, kv := range strings.Split(labels, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			v = strings.Trim(v, `"`)
+			switch k {
+			case "verb":
+				verb = v
+			case "resource":
+				resource = v
+			case "subresource":
+				sub = v
+			}
+		}
+		if sub != "" {
+			resource += "/" + sub
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err == nil {
+			out[verb+" "+resource] += f
+		}
+	}
+	return out
+}

@@ -1,0 +1,324 @@
+// Package scale benchmarks keygate at scale, black-box, as users run it: the
+// manager and a sidecar as their own processes (built from cmd/, default
+// flags, so the production client configuration) against a real API server
+// and etcd (envtest), next to that API server's own write ceiling measured in
+// the same run. It prints figures and asserts only counts; run it with
+// `make bench-scale` (BENCH_SCALE_N=1000,10000 by default).
+package scale
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+const (
+	// createWorkers is the client's concurrency, for the ceiling and the operator alike.
+	createWorkers = 16
+	numSamples    = 20
+	policyName    = "bench"
+)
+
+// result is one row of the table.
+type result struct {
+	n                      int
+	ceiling                time.Duration // 2n creates (n Secrets, n ApiKeys), no manager
+	ready, inSidecar       time.Duration
+	readyKeys, tooLarge    int
+	p50, p99               time.Duration
+	managerRSS, sidecarRSS float64
+	etcdMiB                float64
+	samples                int
+}
+
+func BenchmarkScale(b *testing.B) {
+	ctrl.SetLogger(logr.Discard())
+	sizes := []int{1000, 10000}
+	if v := os.Getenv("BENCH_SCALE_N"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			must(b, err)
+			sizes = append(sizes, n)
+		}
+	}
+	scheme := runtime.NewScheme()
+	must(b, clientgoscheme.AddToScheme(scheme))
+	must(b, keygatev1.AddToScheme(scheme))
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
+	must(b, err)
+	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	must(b, err)
+	b.Cleanup(func() { _ = env.Stop() })
+	dir := b.TempDir()
+	user, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
+	must(b, err)
+	kc, err := user.KubeConfig()
+	must(b, err)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	must(b, os.WriteFile(kubeconfig, kc, 0o600))
+	bins := buildBinaries(b, root, dir)
+
+	// The benchmark's own client is unthrottled so that it never is the bottleneck.
+	cfg.QPS, cfg.Burst = -1, 0
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	must(b, err)
+	etcdURL := env.ControlPlane.Etcd.URL.String()
+	cs, err := kubernetes.NewForConfig(cfg)
+	must(b, err)
+	debug := func(string) {}
+	if os.Getenv("BENCH_DEBUG") != "" {
+		var last map[string]float64
+		debug = func(phase string) {
+			cur := apiRequests(b, cs.Discovery().RESTClient())
+			var lines []string
+			for k, v := range cur {
+				if d := v - last[k]; d >= 10 && last != nil {
+					lines = append(lines, fmt.Sprintf("    %-40s %6.0f", k, d))
+				}
+			}
+			slices.Sort(lines)
+			if last != nil {
+				fmt.Printf("  API requests during %s:\n%s\n", phase, strings.Join(lines, "\n"))
+			}
+			last = cur
+		}
+	}
+
+	var rows []result
+	for b.Loop() {
+		rows = rows[:0]
+		for _, n := range sizes {
+			r := result{n: n}
+			debug("")
+			r.ceiling = measureCeiling(b, c, n)
+			debug(fmt.Sprintf("the ceiling, N=%d", n))
+			measureOperator(b, c, bins, kubeconfig, &r)
+			debug(fmt.Sprintf("the operator, N=%d (includes the benchmark's own creates, lists and %d disables)", n, numSamples))
+			r.etcdMiB = etcdSizeMiB(b, etcdURL)
+			rows = append(rows, r)
+		}
+	}
+	printTable(rows)
+}
+
+// buildBinaries builds cmd/manager and cmd/sidecar into dir.
+func buildBinaries(b *testing.B, root, dir string) map[string]string {
+	out := map[string]string{}
+	for _, name := range []string{"manager", "sidecar"} {
+		bin := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
+		cmd.Dir = root
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("build %s: %v\n%s", name, err, msg)
+		}
+		out[name] = bin
+	}
+	return out
+}
+
+// createAll runs create for 0..n-1 on createWorkers goroutines.
+func createAll(ctx context.Context, b *testing.B, n int, create func(context.Context, int) error) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range createWorkers {
+		wg.Go(func() {
+			for i := range next {
+				if err := create(ctx, i); err != nil {
+					b.Errorf("create %d: %v", i, err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+func newKey(ns string, i int) *keygatev1.ApiKey {
+	return &keygatev1.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("key-%06d", i)},
+		Spec: keygatev1.ApiKeySpec{PolicyRef: keygatev1.PolicyReference{Name: policyName},
+			Permissions: []keygatev1.Permission{"charges:List", "reports:All"}},
+	}
+}
+
+// measureCeiling is the API server's own pace for the writes a new key
+// needs: n Secrets and n ApiKeys created with the same concurrency, no manager.
+func measureCeiling(b *testing.B, c client.Client, n int) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), budget(n))
+	defer cancel()
+	ns := fmt.Sprintf("ceiling-%d", n)
+	must(b, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	start := time.Now()
+	createAll(ctx, b, n, func(ctx context.Context, i int) error {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("key-%06d-credentials", i),
+			Labels: map[string]string{keygatev1.LabelManagedBy: "bench"}},
+			StringData: map[string]string{"key": fmt.Sprintf("apk-%020d", i), "secret": strings.Repeat("x", 43)}}
+		if err := c.Create(ctx, s); err != nil {
+			return err
+		}
+		return c.Create(ctx, newKey(ns, i))
+	})
+	return time.Since(start)
+}
+
+// budget bounds one size's scenario so a regression fails instead of hanging.
+func budget(n int) time.Duration { return 2*time.Minute + time.Duration(n)*30*time.Millisecond }
+
+func measureOperator(b *testing.B, c client.Client, bins map[string]string, kubeconfig string, r *result) {
+	ctx, cancel := context.WithTimeout(context.Background(), budget(r.n))
+	defer cancel()
+	ns := fmt.Sprintf("operator-%d", r.n)
+	must(b, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	mgr := startProcess(b, "manager", bins["manager"], "--kubeconfig", kubeconfig, "--enable-injection=false",
+		"--metrics-bind-address=0", "--health-probe-bind-address=0", "--watch-namespaces", ns)
+	defer mgr.stop(b)
+	must(b, c.Create(ctx, &keygatev1.TokenPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: policyName},
+		Spec:       keygatev1.TokenPolicySpec{Issuer: "https://bench.example.com", Audience: "bench", MaxApiKeys: int32(r.n)}, //nolint:gosec // n ≤ the CRD's cap
+	}))
+	sc := startProcess(b, "sidecar", bins["sidecar"], "--policy", policyName, "--namespace", ns, "--kubeconfig", kubeconfig,
+		"--upstream-port", "9", "--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1",
+		"--failure-limit", "1000000", "--log-level", "info")
+	defer sc.stop(b)
+	started := sc.waitLog(ctx, b, "start", func(l map[string]any) bool { return l["msg"] == "Started sidecar" })
+	base := "http://" + started["listen"].(string)
+
+	start := time.Now()
+	createAll(ctx, b, r.n, func(ctx context.Context, i int) error { return c.Create(ctx, newKey(ns, i)) })
+	r.readyKeys, r.tooLarge = waitSettled(ctx, b, c, ns, r.n)
+	r.ready = time.Since(start)
+	loaded := sc.waitLog(ctx, b, fmt.Sprintf("bundle of %d keys", r.readyKeys), func(l map[string]any) bool {
+		k, ok := l["keys"].(float64)
+		return l["msg"] == "Loaded bundle" && ok && int(k) == r.readyKeys
+	})
+	r.inSidecar = loaded[arrivedAt].(time.Time).Sub(start)
+
+	// change → sidecar: disable one Ready key at a time and time until the
+	// sidecar refuses its secret.
+	var lat []time.Duration
+	for i := 0; i < r.n && len(lat) < numSamples; i += max(r.n/numSamples, 1) {
+		key := &keygatev1.ApiKey{}
+		must(b, c.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("key-%06d", i)}, key))
+		if !meta.IsStatusConditionTrue(key.Status.Conditions, keygatev1.ConditionReady) {
+			continue
+		}
+		s := &corev1.Secret{}
+		must(b, c.Get(ctx, types.NamespacedName{Namespace: ns, Name: key.Status.SecretName}, s))
+		user, pass := string(s.Data["key"]), string(s.Data["secret"])
+		if code := authTest(base, user, pass); code != http.StatusOK {
+			b.Fatalf("Ready key %s: sidecar answers %d, want 200", key.Name, code)
+		}
+		t0 := time.Now()
+		must(b, c.Patch(ctx, key, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"disabled":true}}`))))
+		for authTest(base, user, pass) != http.StatusUnauthorized {
+			if ctx.Err() != nil {
+				b.Fatalf("disabled key %s still accepted: %v", key.Name, ctx.Err())
+			}
+			time.Sleep(2 * time.Millisecond) // sampling resolution, not synchronisation
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	r.samples = len(lat)
+	r.p50, r.p99 = percentile(lat, 50), percentile(lat, 99)
+	r.managerRSS, r.sidecarRSS = mgr.peakRSSMiB(b), sc.peakRSSMiB(b)
+}
+
+// waitSettled polls (paged lists) until every key is Ready or left out of a
+// full bundle, and returns both counts.
+func waitSettled(ctx context.Context, b *testing.B, c client.Client, ns string, n int) (ready, tooLarge int) {
+	for {
+		ready, tooLarge = 0, 0
+		opts := []client.ListOption{client.InNamespace(ns), client.Limit(1000)}
+		for cont := ""; ; {
+			list := &keygatev1.ApiKeyList{}
+			must(b, c.List(ctx, list, append(opts, client.Continue(cont))...))
+			for i := range list.Items {
+				cond := meta.FindStatusCondition(list.Items[i].Status.Conditions, keygatev1.ConditionReady)
+				switch {
+				case cond == nil:
+				case cond.Status == metav1.ConditionTrue:
+					ready++
+				case cond.Reason == keygatev1.ReasonBundleTooLarge:
+					tooLarge++
+				}
+			}
+			if cont = list.Continue; cont == "" {
+				break
+			}
+		}
+		if ready+tooLarge == n {
+			return ready, tooLarge
+		}
+		if ctx.Err() != nil {
+			b.Fatalf("after %s: %d Ready and %d BundleTooLarge of %d ApiKeys", budget(n), ready, tooLarge, n)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the figure, not synchronising the operator
+	}
+}
+
+func authTest(base, user, pass string) int {
+	req, _ := http.NewRequest(http.MethodGet, base+"/api/auth/test", nil)
+	req.SetBasicAuth(user, pass)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (len(sorted)*p + 99) / 100
+	return sorted[min(max(i-1, 0), len(sorted)-1)]
+}
+
+func printTable(rows []result) {
+	fmt.Println("keygate at scale: manager and sidecar as processes (default flags), envtest API server + etcd")
+	fmt.Println("| N | API ceiling (N Secrets + N ApiKeys) | operator: all settled | Ready / BundleTooLarge | in the sidecar | (all Ready and in the sidecar) / ceiling | change→sidecar p50 / p99 | manager VmHWM | sidecar VmHWM | etcd db |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %d | %v | %v | %d / %d | %v | %.1f× | %v / %v (%d) | %.0f MiB | %.0f MiB | %.0f MiB |\n",
+			r.n, r.ceiling.Round(10*time.Millisecond), r.ready.Round(10*time.Millisecond), r.readyKeys, r.tooLarge,
+			r.inSidecar.Round(10*time.Millisecond), max(r.ready, r.inSidecar).Seconds()/r.ceiling.Seconds(),
+			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.samples, r.managerRSS, r.sidecarRSS, r.etcdMiB)
+	}
+}
+
+func must(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
