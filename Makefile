@@ -76,7 +76,7 @@ build: ## Build the manager and the sidecar into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/sidecar ./cmd/sidecar
 
 .PHONY: run
-run: build envtest ## Run all of keygate on this machine (control plane, manager + webhook, samples, sidecars) and print working curls; Ctrl-C stops it.
+run: build plugin envtest ## Run all of keygate on this machine (control plane, manager + webhook, samples, sidecars) and print working curls; Ctrl-C stops it.
 	CGO_ENABLED=0 go build -o $(BIN)/keygate-local ./cmd/keygate-local
 	$(BIN)/keygate-local --bin-dir $(BIN) --config-dir config
 

@@ -28,6 +28,9 @@ func (r *runner) banner(env *Env) {
 		"ApiKey credentials (checked).\n", r.opts.Namespace)
 
 	fmt.Fprintf(w, "\nPaste into a shell (curl and kubectl):\n\nexport KUBECONFIG=%s\n", env.Kubeconfig)
+	if env.PluginDir != "" {
+		fmt.Fprintf(w, "export PATH=%s:\"$PATH\"   # kubectl finds the keygate plugin there\n", shellWord(env.PluginDir))
+	}
 	w.WriteString(Render(env.Flows))
 	w.WriteString("\n")
 }

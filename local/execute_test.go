@@ -14,10 +14,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/util/jsonpath"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	"github.com/keygate-dev/keygate/plugin/cli"
 )
 
 // executor runs printed steps the way a shell would, as HTTP requests and
@@ -29,10 +31,13 @@ type executor struct {
 	vars      map[string]string
 	// statuses counts the HTTP statuses seen.
 	statuses map[int]int
+	// kubeconfig is the admin kubeconfig the plugin uses; pluginRuns counts its runs.
+	kubeconfig string
+	pluginRuns int
 }
 
 func newExecutor(t *testing.T, env *Env, namespace string) *executor {
-	return &executor{t: t, c: env.Client, namespace: namespace, vars: map[string]string{}, statuses: map[int]int{}}
+	return &executor{t: t, c: env.Client, namespace: namespace, vars: map[string]string{}, statuses: map[int]int{}, kubeconfig: env.Kubeconfig}
 }
 
 // expand replaces $VAR references with captured values.
@@ -67,6 +72,8 @@ func (x *executor) run(ctx context.Context, s Step) error {
 		return x.annotate(ctx, s.Annotate)
 	case s.Wait != nil:
 		return x.wait(ctx, s.Wait)
+	case s.Plugin != nil:
+		return x.plugin(s.Plugin)
 	case s.ReadSecret != nil:
 		sec := &corev1.Secret{}
 		if err := x.c.Get(ctx, client.ObjectKey{Namespace: x.namespace, Name: s.ReadSecret.Secret}, sec); err != nil {
@@ -142,6 +149,21 @@ func (x *executor) http(ctx context.Context, h *HTTPStep) error {
 			return fmt.Errorf("the printed sed would not find %q in %s", c.Field, raw)
 		}
 		x.vars[c.Var] = s
+	}
+	return nil
+}
+
+// plugin runs kubectl keygate in process, as kubectl would with KUBECONFIG set.
+func (x *executor) plugin(p *PluginStep) error {
+	var out, errOut bytes.Buffer
+	args := append(append([]string{}, p.Args...), "--kubeconfig", x.kubeconfig)
+	code := cli.Run(args, &cli.Options{IO: genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}})
+	x.pluginRuns++
+	if code != cli.ExitOK {
+		return fmt.Errorf("kubectl keygate %s: exit %d\n%s%s", strings.Join(p.Args, " "), code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), LocalKey) {
+		return fmt.Errorf("kubectl keygate %s does not name %s:\n%s", strings.Join(p.Args, " "), LocalKey, out.String())
 	}
 	return nil
 }

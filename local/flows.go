@@ -15,7 +15,8 @@ type Flow struct {
 	Steps          []Step
 }
 
-// A Step is one command. Exactly one of HTTP, Annotate, Wait and ReadSecret is set.
+// A Step is one command. Exactly one of HTTP, Annotate, Wait, ReadSecret and
+// Plugin is set.
 type Step struct {
 	// Comment says what the step shows.
 	Comment    string
@@ -23,6 +24,7 @@ type Step struct {
 	Annotate   *AnnotateStep
 	Wait       *WaitStep
 	ReadSecret *ReadSecretStep
+	Plugin     *PluginStep
 	// Hint is printed as a comment after the step: a command to run in
 	// another terminal (a watch), never executed.
 	Hint string
@@ -74,12 +76,19 @@ type ReadSecretStep struct {
 	Secret, Key, Var string
 }
 
+// PluginStep runs the kubectl plugin (cmd/kubectl-keygate) with Args.
+type PluginStep struct {
+	Args []string
+}
+
 // flowInput is what the flows are made of.
 type flowInput struct {
 	// sidecars maps a policy to its sidecar's address (host:port).
 	sidecars map[string]string
 	// creds maps an ApiKey name to its credentials.
 	creds map[string]Credentials
+	// plugin is true when the kubectl plugin was built (make plugin).
+	plugin bool
 }
 
 func jsonHeader() [2]string { return [2]string{"Content-Type", "application/json"} }
@@ -135,7 +144,7 @@ func sendforsign(in flowInput) Flow {
 func silverflow(in flowInput) Flow {
 	base := "http://" + in.sidecars["silverflow"]
 	local, lake := in.creds[LocalKey], in.creds["data-lake"]
-	return Flow{Title: "Silverflow (TokenPolicy silverflow, ApiKeys " + LocalKey + " and data-lake)", Sidecar: base, Steps: []Step{
+	f := Flow{Title: "Silverflow (TokenPolicy silverflow, ApiKeys " + LocalKey + " and data-lake)", Sidecar: base, Steps: []Step{
 		{Comment: "HTTP Basic key:secret (the Secret's ready 'authorization' value): 200",
 			HTTP: &HTTPStep{Method: "GET", URL: base + "/charges", Header: [][2]string{auth(local.Authorization)},
 				Want: ok("identity.X-Keygate-Key-Id", local.Key, "identity.X-Keygate-Permissions", "charges:List")}},
@@ -159,6 +168,14 @@ func silverflow(in flowInput) Flow {
 			HTTP: &HTTPStep{Method: "GET", URL: base + "/charges", Header: [][2]string{auth(local.Authorization)},
 				Want: ok("identity.X-Keygate-Key-Id", local.Key)}},
 	}}
+	if in.plugin {
+		f.Steps = append(f.Steps,
+			Step{Comment: "The kubectl plugin shows it: secret version, the old secret's grace left, whether the bundle every sidecar loads carries the new one",
+				Plugin: &PluginStep{Args: []string{"status", LocalKey}}},
+			Step{Comment: "...and rotates too, waiting until every sidecar's bundle carries the new secret",
+				Plugin: &PluginStep{Args: []string{"rotate", LocalKey, "--wait"}}})
+	}
+	return f
 }
 
 func syndigo(in flowInput) Flow {

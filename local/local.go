@@ -39,6 +39,9 @@ type Options struct {
 	ConfigDir string
 	// ManagerBin and SidecarBin are the binaries to run.
 	ManagerBin, SidecarBin string
+	// PluginBin is the kubectl plugin (kubectl-keygate); when the file
+	// exists, the printed commands put its directory on PATH and use it.
+	PluginBin string
 	// AssetsDir holds kube-apiserver and etcd (bin/k8s).
 	AssetsDir string
 	// LockFile is held while the launcher runs; a second launcher refuses to start.
@@ -68,6 +71,8 @@ type Env struct {
 	Credentials map[string]Credentials
 	// Flows are the commands printed.
 	Flows []Flow
+	// PluginDir, when not empty, holds kubectl-keygate and goes on PATH.
+	PluginDir string
 	// Addresses lists every address something started by Run listens on.
 	Addresses []string
 	// Startup is the time from Run's start to ready.
@@ -305,7 +310,12 @@ func (r *runner) startAll(ctx context.Context) (*Env, <-chan *process, error) {
 	}
 	r.progress("sidecars: %d Ready, one per policy, each as its pod's service account", len(sidecars))
 
-	env.Flows = buildFlows(flowInput{sidecars: env.Sidecars, creds: creds})
+	if opts.PluginBin != "" {
+		if _, err := os.Stat(opts.PluginBin); err == nil {
+			env.PluginDir = filepath.Dir(opts.PluginBin)
+		}
+	}
+	env.Flows = buildFlows(flowInput{sidecars: env.Sidecars, creds: creds, plugin: env.PluginDir != ""})
 	r.pods = pods
 	r.sidecars = sidecars
 	r.managerPID, r.webhookPort, r.managerLog, r.upstreamAddr = mgr.cmd.Process.Pid, port, mgr.log, ln.Addr().String()

@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
 )
 
 // Timeouts of the tests that run the launcher (a busy 2-core machine).
@@ -30,6 +33,7 @@ var built struct {
 }
 
 func TestMain(m *testing.M) {
+	ctrl.SetLogger(logr.Discard()) // as cmd/keygate-local does
 	code := m.Run()
 	if built.dir != "" {
 		_ = os.RemoveAll(built.dir)
@@ -37,7 +41,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// binaries builds manager, sidecar and keygate-local into one directory.
+// binaries builds manager, sidecar, keygate-local and kubectl-keygate into one directory.
 func binaries(t *testing.T) string {
 	t.Helper()
 	built.once.Do(func() {
@@ -47,7 +51,7 @@ func binaries(t *testing.T) string {
 			return
 		}
 		built.dir = dir
-		for _, name := range []string{"manager", "sidecar", "keygate-local"} {
+		for _, name := range []string{"manager", "sidecar", "keygate-local", "kubectl-keygate"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../cmd/"+name)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				built.err = fmt.Errorf("build %s: %w\n%s", name, err, out)

@@ -10,6 +10,9 @@ import (
 // variable matches the $VAR references a step may hold.
 var variable = regexp.MustCompile(`\$[A-Z][A-Z0-9_]*`)
 
+// plainWord matches words the shell takes as they are.
+var plainWord = regexp.MustCompile(`^[A-Za-z0-9_./:=@+,-]+$`)
+
 // shellWord quotes s as one shell word: literal text in single quotes, $VAR
 // references in double quotes so the shell expands them.
 func shellWord(s string) string {
@@ -42,6 +45,15 @@ func (s Step) Command() string {
 		return fmt.Sprintf("%s=$(date +%%s); kubectl annotate apikey %s %s=\"$%s\" --overwrite", a.Var, a.ApiKey, a.Key, a.Var)
 	case s.Wait != nil:
 		return fmt.Sprintf("kubectl wait apikey/%s --for=jsonpath=%s=%s --timeout=30s", s.Wait.ApiKey, shellWord(s.Wait.JSONPath), shellWord(s.Wait.Value))
+	case s.Plugin != nil:
+		words := []string{"kubectl", "keygate"}
+		for _, a := range s.Plugin.Args {
+			if !plainWord.MatchString(a) {
+				a = shellWord(a)
+			}
+			words = append(words, a)
+		}
+		return strings.Join(words, " ")
 	case s.ReadSecret != nil:
 		r := s.ReadSecret
 		return fmt.Sprintf("%s=$(kubectl get secret %s -o jsonpath=%s | base64 -d); echo \"$%s\"", r.Var, r.Secret, shellWord("{.data."+r.Key+"}"), r.Var)

@@ -36,6 +36,7 @@ func TestCommand(t *testing.T) {
 			`ROTATE=$(date +%s); kubectl annotate apikey k keygate.dev/rotate="$ROTATE" --overwrite`},
 		{"wait", Step{Wait: &WaitStep{ApiKey: "k", JSONPath: "{.status.lastRotateRequest}", Value: "$ROTATE"}},
 			`kubectl wait apikey/k --for=jsonpath='{.status.lastRotateRequest}'="$ROTATE" --timeout=30s`},
+		{"plugin", Step{Plugin: &PluginStep{Args: []string{"rotate", "k", "--wait"}}}, `kubectl keygate rotate k --wait`},
 		{"read a Secret", Step{ReadSecret: &ReadSecretStep{Secret: "k-credentials", Key: "authorization", Var: "NEW_AUTH"}},
 			`NEW_AUTH=$(kubectl get secret k-credentials -o jsonpath='{.data.authorization}' | base64 -d); echo "$NEW_AUTH"`},
 	}
@@ -54,13 +55,14 @@ func TestFlowsCoverTheSeeds(t *testing.T) {
 	in := flowInput{
 		sidecars: map[string]string{"sendforsign": "a:1", "silverflow": "b:2", "syndigo-sandbox": "c:3", "syncaccess": "d:4"},
 		creds:    map[string]Credentials{},
+		plugin:   true,
 	}
 	for _, k := range []string{"platform", LocalKey, "data-lake", "integration-user", "apiuser1"} {
 		in.creds[k] = Credentials{ApiKey: k, Key: "apk-" + k, Secret: "s-" + k, Authorization: "Basic " + k, SecretName: k + "-credentials"}
 	}
 	flows := buildFlows(in)
 	statuses := map[int]int{}
-	var annotate, wait, read int
+	var annotate, wait, read, plugin int
 	for _, f := range flows {
 		for _, s := range f.Steps {
 			if s.Command() == "" || s.Comment == "" {
@@ -75,6 +77,8 @@ func TestFlowsCoverTheSeeds(t *testing.T) {
 				wait++
 			case s.ReadSecret != nil:
 				read++
+			case s.Plugin != nil:
+				plugin++
 			}
 		}
 	}
@@ -85,6 +89,9 @@ func TestFlowsCoverTheSeeds(t *testing.T) {
 	}
 	if annotate != 1 || wait != 1 || read != 1 {
 		t.Errorf("rotation: %d annotate, %d wait, %d read steps; want one each", annotate, wait, read)
+	}
+	if plugin != 2 {
+		t.Errorf("%d kubectl keygate steps, want 2", plugin)
 	}
 	text := Render(flows)
 	for _, want := range []string{"/api/token", "X-Sendforsign-Key", "/reports/daily", "/api/auth/test", "grant_type=password", `{"action":"revoke"}`, "keygate.dev/rotate"} {

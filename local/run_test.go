@@ -28,6 +28,7 @@ func TestRunExecutesPrintedFlows(t *testing.T) {
 		ConfigDir:  configDir(t),
 		ManagerBin: filepath.Join(bin, "manager"),
 		SidecarBin: filepath.Join(bin, "sidecar"),
+		PluginBin:  filepath.Join(bin, "kubectl-keygate"),
 		AssetsDir:  assetsDir(t),
 		LockFile:   lockFile,
 		Namespace:  "default",
@@ -100,6 +101,9 @@ func TestRunExecutesPrintedFlows(t *testing.T) {
 					t.Fatalf("%s: %s\n%s\n%v", f.Title, s.Comment, cmd, err)
 				}
 			}
+		}
+		if x.pluginRuns != 2 {
+			t.Errorf("%d kubectl keygate commands executed, want 2 (status, rotate)", x.pluginRuns)
 		}
 		for _, code := range []int{200, 201, 401, 403} {
 			if x.statuses[code] == 0 {

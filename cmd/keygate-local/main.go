@@ -15,10 +15,15 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+
 	"github.com/keygate-dev/keygate/local"
 )
 
 func main() {
+	// envtest logs through controller-runtime; the launcher prints its own progress.
+	ctrl.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
@@ -30,7 +35,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("keygate-local", flag.ContinueOnError)
-	binDir := fs.String("bin-dir", "bin", "directory holding manager and sidecar (make build)")
+	binDir := fs.String("bin-dir", "bin", "directory holding manager and sidecar (make build) and, optionally, kubectl-keygate (make plugin)")
 	assets := fs.String("assets-dir", "", "directory holding kube-apiserver and etcd (default <bin-dir>/k8s; make envtest)")
 	configDir := fs.String("config-dir", "config", "the repository's config/ directory (CRDs, webhook, samples)")
 	lockFile := fs.String("lock-file", filepath.Join(os.TempDir(), "keygate-local.lock"), "lock held while running; a second run refuses to start")
@@ -59,6 +64,7 @@ func run(ctx context.Context, args []string) error {
 		ConfigDir:  *configDir,
 		ManagerBin: filepath.Join(*binDir, "manager"),
 		SidecarBin: filepath.Join(*binDir, "sidecar"),
+		PluginBin:  filepath.Join(*binDir, "kubectl-keygate"),
 		AssetsDir:  *assets,
 		LockFile:   *lockFile,
 		PortBase:   *portBase,
