@@ -54,9 +54,14 @@ envtest: ## Build kube-apiserver and etcd for envtest into bin/k8s (once).
 	hack/envtest.sh >/dev/null
 
 .PHONY: test
-test: verify vet lint envtest $(HELM) ## Verify generated files, lint, run every Go test against a real API server, then each fuzz target briefly.
-	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
+test: verify vet lint envtest $(HELM) ## Verify generated files, lint, run every Go test against a real API server, the short fault suite (figures printed), then each fuzz target briefly.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v '/test/faults$$')
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) -v ./test/faults
 	$(MAKE) --no-print-directory fuzz
+
+.PHONY: faults
+faults: envtest ## Run the fault suite with the full counts (manager + 3 sidecars as processes, load, outages, kills); prints one line of figures per scenario.
+	KEYGATE_FAULTS=long KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -count=1 -timeout=30m -v ./test/faults
 
 # Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
 FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
@@ -69,6 +74,10 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 5s) on top of its seed corpu
 		echo "go test -run='^$$' -fuzz='^$$name$$' -fuzztime=$(FUZZTIME) $$pkg"; \
 		go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	done
+
+.PHONY: fuzz-long
+fuzz-long: ## Run each fuzz target for 2 minutes (not part of `make test`).
+	$(MAKE) --no-print-directory fuzz FUZZTIME=2m
 
 .PHONY: build
 build: ## Build the manager and the sidecar into bin/.

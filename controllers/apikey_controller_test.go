@@ -42,8 +42,7 @@ func TestGeneratesCredentials(t *testing.T) {
 		g.Expect(key.Status.SecretVersion).To(BeEquivalentTo(1))
 		g.Expect(key.Status.LastRotationTime).NotTo(BeNil())
 		g.Expect(key.Status.ObservedGeneration).To(Equal(key.Generation))
-		g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "payments")[c.KeyID] }, timeout, interval).
-			Should(Equal([][]byte{digestOf(g, ns, "payments", c.Secret)}))
+		waitDigests(t, ns, "payments", c.KeyID, c.Secret)
 	}
 	b, _ := bundleOf(g, ns, "payments")
 	g.Expect(b.Keys[0].Permissions).To(ConsistOf("charges:List", "reports:All"))
@@ -102,8 +101,7 @@ func TestDeletedOrEditedSecretIsReplaced(t *testing.T) {
 		g.Expect(c2.Secret).NotTo(Equal(c1.Secret))
 	}, timeout, interval).Should(Succeed())
 	g.Expect(c2.KeyID).To(Equal(c1.KeyID), "the key ID survives a replacement")
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "p")[c1.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "p", c2.Secret)}), "only the new secret works")
+	waitDigests(t, ns, "p", c1.KeyID, c2.Secret)
 	g.Eventually(func(g Gomega) int64 { return getApiKey(g, ns, "k").Status.SecretVersion }, timeout, interval).Should(BeEquivalentTo(2))
 	g.Eventually(func(g Gomega) []string { return eventReasons(g, ns, "k") }, timeout, interval).Should(ContainElement(keygatev1.ReasonSecretReplaced))
 
@@ -115,8 +113,7 @@ func TestDeletedOrEditedSecretIsReplaced(t *testing.T) {
 	c3, _ := getCreds(g, ns, "k-credentials")
 	g.Expect(c3.Secret).To(MatchRegexp(secretPattern.String()))
 	g.Expect(c3.Secret).NotTo(Equal(c2.Secret))
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "p")[c1.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "p", c3.Secret)}))
+	waitDigests(t, ns, "p", c1.KeyID, c3.Secret)
 }
 
 func TestAnnotationRotationWithGrace(t *testing.T) {
@@ -139,8 +136,7 @@ func TestAnnotationRotationWithGrace(t *testing.T) {
 		cur, _ = getCreds(g, ns, "k-credentials")
 		g.Expect(cur.Secret).NotTo(Equal(old.Secret))
 	}, timeout, interval).Should(Succeed())
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "p")[old.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "p", cur.Secret), digestOf(g, ns, "p", old.Secret)}), "old secret valid during grace")
+	waitDigests(t, ns, "p", old.KeyID, cur.Secret, old.Secret)
 	g.Eventually(func(g Gomega) {
 		st := getApiKey(g, ns, "k").Status
 		g.Expect(st.LastRotateRequest).To(Equal("2026-11-23T10:00"))
@@ -162,8 +158,7 @@ func TestAnnotationRotationWithGrace(t *testing.T) {
 	// Grace over: the old secret disappears from the bundle and the status.
 	clk.Step(time.Minute + time.Second)
 	poke(t, key, policy)
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "p")[old.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "p", cur.Secret)}))
+	waitDigests(t, ns, "p", old.KeyID, cur.Secret)
 	g.Eventually(func(g Gomega) *metav1.Time { return getApiKey(g, ns, "k").Status.PreviousSecretExpiresAt }, timeout, interval).Should(BeNil())
 	_, s := getCreds(g, ns, "k-credentials")
 	g.Expect(s.Annotations).NotTo(HaveKey(annotationPreviousDigest))
@@ -194,8 +189,7 @@ func TestScheduledRotation(t *testing.T) {
 		g.Expect(cur.Secret).NotTo(Equal(old.Secret))
 	}, timeout, interval).Should(Succeed())
 	// gracePeriod 0s: the old secret stops working at once.
-	g.Eventually(func(g Gomega) [][]byte { return bundleDigests(g, ns, "p")[old.KeyID] }, timeout, interval).
-		Should(Equal([][]byte{digestOf(g, ns, "p", cur.Secret)}))
+	waitDigests(t, ns, "p", old.KeyID, cur.Secret)
 	g.Eventually(func(g Gomega) int64 { return getApiKey(g, ns, "k").Status.SecretVersion }, timeout, interval).Should(BeEquivalentTo(2))
 	g.Expect(getApiKey(g, ns, "k").Status.PreviousSecretExpiresAt).To(BeNil())
 }
@@ -263,10 +257,7 @@ func TestMissingPolicyThenCreated(t *testing.T) {
 	create(t, newPolicy(ns, "later"))
 	waitReason(t, ns, "k", "True/Ready")
 	cr, _ := getCreds(g, ns, "k-credentials")
-	// The expectation is computed inside the poll: the bundle Secret may not exist yet.
-	g.Eventually(func(g Gomega) {
-		g.Expect(bundleDigests(g, ns, "later")[cr.KeyID]).To(Equal([][]byte{digestOf(g, ns, "later", cr.Secret)}))
-	}, timeout, interval).Should(Succeed())
+	waitDigests(t, ns, "later", cr.KeyID, cr.Secret)
 }
 
 func TestLimitExceededThenKeyDeleted(t *testing.T) {
@@ -318,5 +309,5 @@ func TestSecretNameChangeMovesCredentials(t *testing.T) {
 	}, timeout, interval).Should(BeTrue(), "the old Secret is removed")
 	g.Eventually(func(g Gomega) string { return getApiKey(g, ns, "k").Status.SecretName }, timeout, interval).Should(Equal("renamed"))
 	g.Expect(getApiKey(g, ns, "k").Status.SecretVersion).To(BeEquivalentTo(1))
-	g.Expect(bundleDigests(g, ns, "p")[before.KeyID]).To(Equal([][]byte{digestOf(g, ns, "p", before.Secret)}))
+	waitDigests(t, ns, "p", before.KeyID, before.Secret)
 }

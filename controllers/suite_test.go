@@ -275,10 +275,28 @@ func bundleDigests(g Gomega, ns, policy string) map[string][][]byte {
 	return out
 }
 
-// digestOf is the digest a secret has in the policy's bundle.
-func digestOf(g Gomega, ns, policy, secret string) []byte {
-	b, _ := bundleOf(g, ns, policy)
-	return bundle.Digest(b.HashKey, secret)
+// waitDigests waits until the policy's bundle holds, for keyID, exactly the
+// digests of secrets in that order. The expectation is computed inside the
+// polled function: the digests depend on the bundle's hash key, which exists
+// only once the operator has written the bundle.
+func waitDigests(t *testing.T, ns, policy, keyID string, secrets ...string) {
+	t.Helper()
+	NewWithT(t).Eventually(func(g Gomega) {
+		b, _ := bundleOf(g, ns, policy)
+		want := make([][]byte, 0, len(secrets))
+		for _, s := range secrets {
+			want = append(want, bundle.Digest(b.HashKey, s))
+		}
+		var got [][]byte
+		for _, k := range b.Keys {
+			if k.KeyID == keyID {
+				for _, s := range k.Secrets {
+					got = append(got, s.Digest)
+				}
+			}
+		}
+		g.Expect(got).To(Equal(want), "digests of key %s in the bundle of %s", keyID, policy)
+	}, timeout, interval).Should(Succeed())
 }
 
 // poke changes an annotation so the object is reconciled now. With a fake

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -179,6 +180,13 @@ func (r *TokenPolicyReconciler) ensureRevocations(ctx context.Context, pass *pol
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("revocations ConfigMap: %w", err)
 	}
+	kept, next := pruneRevocations(cm.Data, pass.now)
+	if pruned := len(cm.Data) - len(kept); found && pruned > 0 {
+		if err := r.Patch(ctx, cm, client.RawPatch(types.MergePatchType, removeKeysPatch(cm.Data, kept)), fieldOwner); err != nil {
+			return ctrl.Result{}, fmt.Errorf("prune revocations ConfigMap %q: %w", name, err)
+		}
+		ctrl.LoggerFrom(ctx).V(1).Info("Pruned expired revocations", "configMap", name, "pruned", pruned)
+	}
 	desired := cm.DeepCopy()
 	if !found {
 		desired = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name}}
@@ -186,20 +194,27 @@ func (r *TokenPolicyReconciler) ensureRevocations(ctx context.Context, pass *pol
 	if err := r.ownedObject(p, desired); err != nil {
 		return ctrl.Result{}, err
 	}
-	kept, next := pruneRevocations(desired.Data, pass.now)
-	pruned := len(desired.Data) - len(kept)
-	desired.Data = kept
-	if found && pruned > 0 {
-		// A merge patch that only removes keys: entries the sidecars add meanwhile survive.
-		patch := client.MergeFrom(cm)
-		if err := r.Patch(ctx, desired, patch, fieldOwner); err != nil {
-			return ctrl.Result{}, fmt.Errorf("prune revocations ConfigMap %q: %w", name, err)
-		}
-		ctrl.LoggerFrom(ctx).V(1).Info("Pruned expired revocations", "configMap", name, "pruned", pruned)
-	} else if err := r.writeChild(ctx, found, cm, desired); err != nil {
+	if err := r.writeChild(ctx, found, cm, desired); err != nil {
 		return ctrl.Result{}, fmt.Errorf("write revocations ConfigMap %q: %w", name, err)
 	}
 	return ctrl.Result{RequeueAfter: requeueAt(pass.now, next)}, nil
+}
+
+// removeKeysPatch is a JSON merge patch that deletes the keys of data missing
+// from kept, and names nothing else: {"data":{"<jti>":null,...}}. Sidecars
+// add revocations to the same ConfigMap at any time, and data is read from a
+// cache; a patch computed from the cached object would carry the whole map
+// (or "data":null once every cached entry expired) and delete the entries
+// added since, revocations a sidecar has already acknowledged.
+func removeKeysPatch(data, kept map[string]string) []byte {
+	removed := make(map[string]any, len(data)-len(kept))
+	for k := range data {
+		if _, ok := kept[k]; !ok {
+			removed[k] = nil
+		}
+	}
+	patch, _ := json.Marshal(map[string]any{"data": removed}) // a map of strings to nil always marshals
+	return patch
 }
 
 // pruneRevocations drops entries whose token expired, with the sidecars'

@@ -6,9 +6,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -17,11 +21,20 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 	"github.com/keygate-dev/keygate/controllers"
+	"github.com/keygate-dev/keygate/controllers/apicontact"
 	"github.com/keygate-dev/keygate/controllers/podinject"
+)
+
+// Client-side rate limit of the manager's API client (see --kube-api-qps).
+const (
+	DefaultKubeAPIQPS   = 50
+	DefaultKubeAPIBurst = 100
 )
 
 func main() {
@@ -51,8 +64,13 @@ func run(ctx context.Context, args []string) error {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG, the in-cluster config or ~/.kube/config.")
+	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "Client-side limit of requests per second to the API server (its priority and fairness is the real protection); the same whatever the config source.")
+	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "Requests to the API server allowed at once above --kube-api-qps.")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *kubeQPS <= 0 || *kubeBurst <= 0 {
+		return fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst)
 	}
 	ctrl.SetLogger(controllers.CapVerbosity(zap.New(zap.UseFlagOptions(&zapOpts))))
 	log := ctrl.Log.WithName("setup")
@@ -65,10 +83,24 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// Set here, whatever the source: client-go's default for a kubeconfig
+	// is 5/s burst 10, while controller-runtime turns the limit off for its
+	// own lookups; neither was chosen for keygate (docs/reliability.md).
+	cfg.QPS, cfg.Burst = float32(*kubeQPS), *kubeBurst
+	// While the API server is unreachable, requests wait for it rather than
+	// fail, so client-go's watch back-off cannot grow to a minute and work
+	// asked for right after an outage is done within seconds.
+	contact, err := apicontact.New(cfg, ctrl.Log.WithName("apiserver"))
+	if err != nil {
+		return err
+	}
+	contact.Wrap(cfg)
 	watched := splitNamespaces(namespaces)
 	opts := ctrl.Options{
-		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
+		Scheme: scheme,
+		// Metrics are served by metricsServer on a listener opened here, so
+		// that the bound address (port 0 included) is known and logged.
+		Metrics:                 metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "keygate-manager.keygate.dev",
@@ -84,6 +116,9 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	if err := mgr.Add(contact); err != nil {
+		return fmt.Errorf("add API server probe: %w", err)
+	}
 	if err := controllers.SetupWithManager(ctx, mgr, controllers.Options{}); err != nil {
 		return err
 	}
@@ -98,13 +133,23 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 
+	if metricsAddr != "0" {
+		srv, err := metricsServer(metricsAddr)
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(srv); err != nil {
+			return fmt.Errorf("add metrics server: %w", err)
+		}
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
-	log.Info("Starting manager", "watchNamespaces", namespaces, "leaderElect", leaderElect, "injection", *enableInjection)
+	log.Info("Starting manager", "watchNamespaces", namespaces, "leaderElect", leaderElect, "injection", *enableInjection,
+		"kubeAPIQPS", cfg.QPS, "kubeAPIBurst", cfg.Burst)
 	return start(ctx, mgr)
 }
 
@@ -113,6 +158,22 @@ func start(ctx context.Context, mgr ctrl.Manager) error {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// metricsServer serves controller-runtime's registry (which holds keygate's
+// metrics too) on addr. The listener is opened now, so a port taken by
+// someone else fails the start, and the server logs the address it bound
+// ("starting server", name "metrics", addr).
+func metricsServer(addr string) (*manager.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(crmetrics.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
+	timeout := 30 * time.Second
+	return &manager.Server{Name: "metrics", Listener: ln, ShutdownTimeout: &timeout,
+		Server: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
 // restConfig loads the kubeconfig named by --kubeconfig, else the usual places.

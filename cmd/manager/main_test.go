@@ -9,7 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	"github.com/keygate-dev/keygate/test/logaddr"
 )
 
 const (
@@ -59,16 +63,35 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	g.Expect(c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keygate-system"}})).To(Succeed())
 	g.Expect(c.Create(context.Background(), webhookConfiguration(t))).To(Succeed())
 
-	metricsAddr, probeAddr, webhookAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	webhookHost, webhookPort, err := net.SplitHostPort(webhookAddr)
-	g.Expect(err).NotTo(HaveOccurred())
-	args := []string{"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + metricsAddr,
-		"--health-probe-bind-address=" + probeAddr, "--leader-elect", "--leader-election-namespace=default",
-		"--watch-namespaces=default", "--webhook-service-namespace=keygate-system",
-		"--webhook-host=" + webhookHost, "--webhook-port=" + webhookPort, "--webhook-cert-dir=" + t.TempDir()}
-	ctx := startManager(t, args)
+	// The webhook port must be fixed: controller-runtime's webhook readiness
+	// check dials the configured port, so port 0 cannot be used there. A port
+	// taken between freeAddr and the bind makes the manager exit with
+	// "address already in use", and the loop below tries another port.
+	ctx := context.Background()
+	var probeAddr, metricsAddr string
 	started := time.Now()
-	g.Eventually(func() int { return status("http://" + probeAddr + "/readyz") }, timeout, interval).Should(Equal(http.StatusOK))
+	for attempt := 0; ; attempt++ {
+		webhookHost, webhookPort, err := net.SplitHostPort(freeAddr(t))
+		g.Expect(err).NotTo(HaveOccurred())
+		m := startManagerProcess(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=127.0.0.1:0",
+			"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace=default",
+			"--watch-namespaces=default", "--webhook-service-namespace=keygate-system",
+			"--webhook-host="+webhookHost, "--webhook-port="+webhookPort, "--webhook-cert-dir="+t.TempDir())
+		probeAddr, metricsAddr, err = m.addrs(t)
+		if err != nil && !m.exited() {
+			t.Fatalf("manager addresses: %v\n%s", err, m.log())
+		}
+		if err == nil {
+			g.Eventually(func() bool { return m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
+				Should(BeTrue(), "manager ready or exited")
+		}
+		if !m.exited() {
+			break
+		}
+		if attempt == 3 || !strings.Contains(m.log(), "address already in use") {
+			t.Fatalf("manager exited: %v\n%s", err, m.log())
+		}
+	}
 	t.Logf("manager ready %v after start (envtest)", time.Since(started).Round(time.Millisecond))
 	g.Expect(status("http://" + probeAddr + "/healthz")).To(Equal(http.StatusOK))
 
@@ -114,18 +137,12 @@ func TestManagerRunsWithoutInjection(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = env.Stop() })
 
-	bin := filepath.Join(t.TempDir(), "manager")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build manager: %v\n%s", err, out)
-	}
-	probeAddr := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--kubeconfig="+writeKubeconfig(t, cfg), "--metrics-bind-address=0",
-		"--health-probe-bind-address="+probeAddr, "--enable-injection=false")
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	g.Expect(cmd.Start()).To(Succeed())
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	m := startManagerProcess(t, "--kubeconfig="+writeKubeconfig(t, cfg), "--metrics-bind-address=0",
+		"--health-probe-bind-address=127.0.0.1:0", "--enable-injection=false")
+	probeAddr, _, err := m.addrs(t)
+	g.Expect(err).NotTo(HaveOccurred(), "manager log:\n%s", m.log())
 	g.Eventually(func() int { return status("http://" + probeAddr + "/readyz") }, timeout, interval).Should(Equal(http.StatusOK))
+	ctx := context.Background()
 
 	scheme := runtime.NewScheme()
 	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
@@ -139,19 +156,91 @@ func TestManagerRunsWithoutInjection(t *testing.T) {
 	}, timeout, interval).Should(Succeed(), "the manager reconciles")
 }
 
-// startManager runs run(args) in the background until the test ends.
-func startManager(t *testing.T, args []string) context.Context {
+var (
+	buildOnce  sync.Once
+	managerBin string
+	buildErr   error
+)
+
+// managerProcess is the manager binary running as a child process, its
+// output in a log file.
+type managerProcess struct {
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+}
+
+// startManagerProcess builds the manager once per test binary and runs it
+// with args until the test ends.
+func startManagerProcess(t *testing.T, args ...string) *managerProcess {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keygate-manager-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		managerBin = filepath.Join(dir, "manager")
+		if out, err := exec.Command("go", "build", "-o", managerBin, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build manager: %w\n%s", err, out)
 		}
 	})
-	return ctx
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	m := &managerProcess{logPath: filepath.Join(t.TempDir(), "manager.log"), done: make(chan struct{})}
+	logFile, err := os.Create(m.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.cmd = exec.Command(managerBin, args...) //nolint:gosec // the binary built above
+	m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = m.cmd.Wait(); _ = logFile.Close(); close(m.done) }()
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *managerProcess) exited() bool {
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// addrs waits for the addresses the manager reports having bound; metrics
+// is "" when the metrics server is off.
+func (m *managerProcess) addrs(t *testing.T) (probe, metrics string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if probe, err = logaddr.Manager(ctx, m.logPath, "health probe", m.exited); err != nil {
+		return "", "", err
+	}
+	if slices.Contains(m.cmd.Args, "--metrics-bind-address=0") {
+		return probe, "", nil
+	}
+	metrics, err = logaddr.Manager(ctx, m.logPath, "metrics", m.exited)
+	return probe, metrics, err
+}
+
+func (m *managerProcess) log() string {
+	b, _ := os.ReadFile(m.logPath)
+	return string(b)
+}
+
+// stop sends SIGTERM and waits for the exit (SIGKILL after timeout).
+func (m *managerProcess) stop() {
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(timeout):
+		_ = m.cmd.Process.Kill()
+		<-m.done
+	}
 }
 
 // writeKubeconfig writes a kubeconfig for the envtest API server.

@@ -93,7 +93,7 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
-func setupPolicy(t *testing.T, f *bundletest.Fixture) {
+func setupPolicy(t testing.TB, f *bundletest.Fixture) {
 	ctx := context.Background()
 	_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{})
 	must(t, err)
@@ -122,7 +122,7 @@ func setupPolicy(t *testing.T, f *bundletest.Fixture) {
 	must(t, err)
 }
 
-func updateBundle(t *testing.T, f *bundletest.Fixture) {
+func updateBundle(t testing.TB, f *bundletest.Fixture) {
 	ctx := context.Background()
 	s, err := admin.CoreV1().Secrets(namespace).Get(ctx, bundle.SecretName(policy), metav1.GetOptions{})
 	must(t, err)
@@ -131,23 +131,16 @@ func updateBundle(t *testing.T, f *bundletest.Fixture) {
 	must(t, err)
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // instance is one sidecar running in-process through run().
 type instance struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	base   string
 	admin  string
@@ -156,23 +149,34 @@ type instance struct {
 	done   chan error
 }
 
-func startInstance(t *testing.T, name string, upstreamPort int) *instance {
+func startInstance(t testing.TB, name string, upstreamPort int, extraArgs ...string) *instance {
 	in := &instance{t: t, name: name}
-	port, adminPort := freePort(t), freePort(t)
-	in.base = fmt.Sprintf("http://127.0.0.1:%d", port)
-	in.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	in.args = []string{"--policy", policy, "--namespace", namespace, "--kubeconfig", kubeconfig,
-		"--upstream-port", fmt.Sprint(upstreamPort), "--port", fmt.Sprint(port), "--admin-port", fmt.Sprint(adminPort),
+		"--upstream-port", fmt.Sprint(upstreamPort), "--port", "0", "--admin-port", "0",
 		"--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error", "--failure-limit", "1000000"}
+	in.args = append(in.args, extraArgs...)
 	in.start()
 	t.Cleanup(in.stop)
 	return in
 }
 
+// start runs the instance on port 0 (a restart gets new ports) and waits
+// until it is ready.
 func (in *instance) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	in.cancel, in.done = cancel, make(chan error, 1)
-	go func() { in.done <- run(ctx, in.args) }()
+	addrs := make(chan [2]string, 1)
+	go func() {
+		in.done <- run(ctx, in.args, func(main, admin net.Addr) { addrs <- [2]string{main.String(), admin.String()} })
+	}()
+	select {
+	case a := <-addrs:
+		in.base, in.admin = "http://"+a[0], "http://"+a[1]
+	case err := <-in.done:
+		cancel()
+		in.cancel = nil
+		in.t.Fatalf("%s: %v", in.name, err)
+	}
 	eventually(in.t, 20*time.Second, in.name+" ready", func() bool { return in.readyz() == 200 })
 }
 
@@ -231,7 +235,7 @@ func (in *instance) get(auth string) int {
 	return code
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -295,6 +299,10 @@ func TestKubernetesMode(t *testing.T) {
 		if a.get(tok) != 401 {
 			t.Fatal("revoked token accepted after restart")
 		}
+	})
+
+	t.Run("a burst of revocations at one sidecar: none refused or lost", func(t *testing.T) {
+		testRevocationBurst(t, a, "apk-a", f.Secrets["apk-a"], upPort)
 	})
 
 	t.Run("API server stopped: both keep serving; restarted: they catch up", func(t *testing.T) {

@@ -44,18 +44,27 @@ Admin port: /healthz, /readyz, /metrics (and /debug/pprof/ with --enable-pprof).
 Flags:
 `
 
+// Client-side rate limit of the sidecar's API client (see --kube-api-qps;
+// chosen by BenchmarkRevocationBurst, docs/reliability.md).
+const (
+	DefaultKubeAPIQPS   = 50
+	DefaultKubeAPIBurst = 100
+)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
+	if err := run(ctx, os.Args[1:], nil); err != nil {
 		fmt.Fprintln(os.Stderr, "sidecar:", err)
 		stop()
 		os.Exit(1)
 	}
 }
 
-// run runs the sidecar until ctx ends, then drains.
-func run(ctx context.Context, args []string) error {
+// run runs the sidecar until ctx ends, then drains. listening, when not nil,
+// is told the bound addresses (tests start the sidecar on port 0; a process
+// reports them in its "Started sidecar" log line).
+func run(ctx context.Context, args []string, listening func(main, admin net.Addr)) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.Usage = func() {
 		// Best effort, like flag.PrintDefaults: there is nowhere else to report a failed write of the usage text.
@@ -78,6 +87,8 @@ func run(ctx context.Context, args []string) error {
 	keyMetrics := fs.Int("ratelimit-key-metrics", 0, "label keygate_sidecar_ratelimited_by_key_total with up to this many key IDs (0: off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
+	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "client-side limit of requests per second to the API server (Kubernetes mode; revocations waiting together share one request)")
+	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -95,6 +106,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	if *bundleFile == "" && (*policy == "" || *namespace == "") {
 		problems = append(problems, errors.New("--policy and --namespace (or $POD_NAMESPACE) are required without --bundle-file"))
+	}
+	if *kubeQPS <= 0 || *kubeBurst <= 0 {
+		problems = append(problems, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst))
 	}
 	if *revFile != "" && *bundleFile == "" {
 		problems = append(problems, errors.New("--revocations-file needs --bundle-file"))
@@ -130,6 +144,9 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		cfg.UserAgent = "keygate-sidecar"
+		// The same limits whether the config came from --kubeconfig or the
+		// pod's service account (client-go's default would be 5/s, burst 10).
+		cfg.QPS, cfg.Burst = float32(*kubeQPS), *kubeBurst
 		client, err := config.NewCoreClient(cfg)
 		if err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
@@ -176,6 +193,9 @@ func run(ctx context.Context, args []string) error {
 	errc := make(chan error, 2)
 	go func() { errc <- main.Serve(mainLn) }()
 	go func() { errc <- admin.Serve(adminLn) }()
+	if listening != nil {
+		listening(mainLn.Addr(), adminLn.Addr())
+	}
 	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
 
 	select {

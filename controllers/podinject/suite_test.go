@@ -5,8 +5,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,7 +22,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -131,7 +133,6 @@ func runSuite(m *testing.M) (code int) {
 	certDir, err := os.MkdirTemp("", "keygate-webhook-certs")
 	must(err)
 	defer os.RemoveAll(certDir) //nolint:errcheck // best effort
-	probeAddr := freeAddr()
 	wio := &env.WebhookInstallOptions
 	injectOpts = &Options{
 		Image: DefaultImage, Version: DefaultVersion,
@@ -142,27 +143,24 @@ func runSuite(m *testing.M) (code int) {
 		observe:     admissions.record,
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: probeAddr,
-		WebhookServer:          injectOpts.WebhookServer(),
+		Scheme:        scheme,
+		Metrics:       metricsserver.Options{BindAddress: "0"},
+		WebhookServer: injectOpts.WebhookServer(),
 	})
 	must(err)
-	must(Setup(mgr, injectOpts))
+	// The readiness check is called directly: no probe port to pick.
+	checks := &readyzChecks{Manager: mgr, checks: map[string]healthz.Checker{}}
+	must(Setup(checks, injectOpts))
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 
 	// Readiness waits for a valid certificate whose CA is in the caBundle.
 	must(poll(func() error {
-		resp, err := http.Get("http://" + probeAddr + "/readyz") //nolint:noctx // test probe
-		if err != nil {
-			return err
+		check, ok := checks.checks[ReadyzCheckName]
+		if !ok {
+			return fmt.Errorf("no readiness check %q registered", ReadyzCheckName)
 		}
-		resp.Body.Close() //nolint:errcheck,gosec // status only
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
-		}
-		return nil
+		return check(httptest.NewRequest(http.MethodGet, "/readyz", nil))
 	}))
 	// The API server picks up the new caBundle shortly after.
 	ns := newNamespace(ctx)
@@ -193,11 +191,15 @@ func must(err error) {
 	}
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(err)
-	defer l.Close() //nolint:errcheck // only wanted the port
-	return l.Addr().String()
+// readyzChecks records the readiness checks Setup adds to the manager.
+type readyzChecks struct {
+	manager.Manager
+	checks map[string]healthz.Checker
+}
+
+func (r *readyzChecks) AddReadyzCheck(name string, check healthz.Checker) error {
+	r.checks[name] = check
+	return r.Manager.AddReadyzCheck(name, check)
 }
 
 // newNamespace creates a fresh namespace holding the TokenPolicy payments-api.

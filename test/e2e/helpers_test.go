@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	"github.com/keygate-dev/keygate/test/logaddr"
 )
 
 // credentials are what the operator hands an API consumer.
@@ -121,16 +122,11 @@ func startSidecar(t *testing.T, name string) *sidecar {
 // startSidecarFor is startSidecar for another policy (see createPolicy).
 func startSidecarFor(t *testing.T, name, policy string) *sidecar {
 	t.Helper()
-	port, adminPort := freePort(t), freePort(t)
-	s := &sidecar{t: t, name: name,
-		base:  fmt.Sprintf("http://127.0.0.1:%d", port),
-		admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
-		log:   filepath.Join(t.TempDir(), name+".log"),
-	}
+	s := &sidecar{t: t, name: name, log: filepath.Join(t.TempDir(), name+".log")}
 	proc, err := startProcess(suite.sidecarBin, s.log,
 		"--policy", policy, "--namespace", namespace, "--kubeconfig", suite.sidecarKubeconfig,
-		"--upstream-port", fmt.Sprint(suite.upstreamPort), "--port", fmt.Sprint(port),
-		"--admin-port", fmt.Sprint(adminPort), "--bind-address", "127.0.0.1",
+		"--upstream-port", fmt.Sprint(suite.upstreamPort), "--port", "0",
+		"--admin-port", "0", "--bind-address", "127.0.0.1",
 		"--drain-timeout", "1s", "--log-level", "debug")
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -142,6 +138,14 @@ func startSidecarFor(t *testing.T, name, policy string) *sidecar {
 			dumpLog(s.log)
 		}
 	})
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	main, admin, err := logaddr.Sidecar(ctx, s.log, proc.exited)
+	if err != nil {
+		dumpLog(s.log)
+		t.Fatalf("%s: %v", name, err)
+	}
+	s.base, s.admin = "http://"+main, "http://"+admin
 	NewWithT(t).Eventually(func() int {
 		if proc.exited() {
 			dumpLog(s.log)

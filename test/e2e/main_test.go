@@ -38,6 +38,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 	"github.com/keygate-dev/keygate/controllers/sidecaraccess"
+	"github.com/keygate-dev/keygate/test/logaddr"
 )
 
 const (
@@ -150,17 +151,20 @@ func runMain(m *testing.M) (code int) {
 	if err := writeKubeconfig(cfg, adminKubeconfig); err != nil {
 		return fail("kubeconfig: %v", err)
 	}
-	probeAddr, err := freeAddr()
-	if err != nil {
-		return fail("free port: %v", err)
-	}
-	manager, err := startProcess(filepath.Join(dir, "manager"), filepath.Join(dir, "manager.log"),
+	managerLog := filepath.Join(dir, "manager.log")
+	manager, err := startProcess(filepath.Join(dir, "manager"), managerLog,
 		"--kubeconfig="+adminKubeconfig, "--enable-injection=false", "--metrics-bind-address=0",
-		"--health-probe-bind-address="+probeAddr, "--zap-log-level=debug")
+		"--health-probe-bind-address=127.0.0.1:0", "--zap-log-level=debug")
 	if err != nil {
 		return fail("start manager: %v", err)
 	}
 	defer manager.stop()
+	addrCtx, cancelAddr := context.WithTimeout(context.Background(), startTimeout)
+	probeAddr, err := logaddr.Manager(addrCtx, managerLog, "health probe", manager.exited)
+	cancelAddr()
+	if err != nil {
+		return fail("manager probe address: %v", err)
+	}
 	if err := waitFor(startTimeout, func() bool { return statusOf("http://"+probeAddr+"/readyz") == http.StatusOK }); err != nil {
 		return fail("manager /readyz: %v", err)
 	}
@@ -317,27 +321,6 @@ func writeKubeconfig(cfg *rest.Config, path string) error {
 	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
 	kc.CurrentContext = "envtest"
 	return clientcmd.WriteToFile(*kc, path)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	var n int
-	_, _ = fmt.Sscan(port, &n)
-	return n
 }
 
 // waitFor polls cond every interval until it holds or timeout passes.

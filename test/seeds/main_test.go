@@ -4,11 +4,11 @@
 package seeds
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/test/logaddr"
 )
 
 var sidecarBin string
@@ -63,21 +64,14 @@ func upstream(t *testing.T) *httptest.Server {
 	return up
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // sidecar is a running sidecar process.
 type sidecar struct {
 	t          *testing.T
 	base       string
 	admin      string
 	cmd        *exec.Cmd
+	done       <-chan struct{} // closed when the process has exited
+	waitErr    error           // its exit status, once done is closed
 	bundleFile string
 	revFile    string
 	args       []string
@@ -100,45 +94,59 @@ func start(t *testing.T, fix *bundletest.Fixture) *sidecar {
 	return s
 }
 
+// run starts the sidecar on port 0 (a restart gets new ports), learns the
+// bound addresses from its log and waits until it is ready.
 func (s *sidecar) run() {
 	s.t.Helper()
-	port, admin := freePort(s.t), freePort(s.t)
-	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
-	s.admin = fmt.Sprintf("http://127.0.0.1:%d", admin)
-	s.cmd = exec.Command(sidecarBin, append(s.args, "--port", fmt.Sprint(port), "--admin-port", fmt.Sprint(admin))...)
-	s.cmd.Stderr = io.Discard
+	logPath := filepath.Join(s.t.TempDir(), "sidecar.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = exec.Command(sidecarBin, append(s.args, "--port", "0", "--admin-port", "0")...)
+	s.cmd.Stderr = logFile
 	if testing.Verbose() {
-		s.cmd.Stderr = os.Stderr
+		s.cmd.Stderr = io.MultiWriter(logFile, os.Stderr)
 	}
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(s.admin + "/readyz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+	done, cmd := make(chan struct{}), s.cmd
+	s.done = done
+	go func() { s.waitErr = cmd.Wait(); _ = logFile.Close(); close(done) }()
+	exited := func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("sidecar not ready after %s", timeout)
-		}
-		time.Sleep(interval)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	main, admin, err := logaddr.Sidecar(ctx, logPath, exited)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.base, s.admin = "http://"+main, "http://"+admin
+	eventually(s.t, func() bool {
+		resp, err := http.Get(s.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 func (s *sidecar) stop() {
 	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = s.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-s.done:
 		case <-time.After(timeout):
 			_ = s.cmd.Process.Kill()
-			<-done
+			<-s.done
 		}
 		s.cmd = nil
 	}

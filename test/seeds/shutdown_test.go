@@ -88,12 +88,10 @@ func TestGracefulShutdown(t *testing.T) {
 	case <-time.After(timeout):
 		t.Fatal("the in-flight request did not finish")
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- s.cmd.Wait() }()
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("sidecar exited with %v, want status 0", err)
+	case <-s.done:
+		if s.waitErr != nil {
+			t.Fatalf("sidecar exited with %v, want status 0", s.waitErr)
 		}
 	case <-time.After(timeout):
 		t.Fatal("sidecar did not exit after draining")

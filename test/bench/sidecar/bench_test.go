@@ -6,6 +6,7 @@ package sidecar
 
 import (
 	"bufio"
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -34,6 +35,7 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/server"
 	"github.com/keygate-dev/keygate/sidecar/token"
 	"github.com/keygate-dev/keygate/sidecar/usage"
+	"github.com/keygate-dev/keygate/test/logaddr"
 )
 
 // workers is the number of concurrent client connections of the load.
@@ -324,17 +326,30 @@ func BenchmarkRSS(b *testing.B) {
 		b.Fatal(err)
 	}
 	up := upstream(b)
-	port, admin := freePort(b), freePort(b)
 	upPort := up.Listener.Addr().(*net.TCPAddr).Port
-	cmd := exec.Command(bin, "--bundle-file", bf, "--upstream-port", strconv.Itoa(upPort), "--port", strconv.Itoa(port),
-		"--admin-port", strconv.Itoa(admin), "--bind-address", "127.0.0.1", "--log-level", "error")
+	// Port 0: the bound addresses come from the "Started sidecar" log line
+	// (info level; requests that are allowed are logged at debug only).
+	logPath := filepath.Join(dir, "sidecar.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--bundle-file", bf, "--upstream-port", strconv.Itoa(upPort), "--port", "0",
+		"--admin-port", "0", "--bind-address", "127.0.0.1", "--log-level", "info")
+	cmd.Stderr = logFile
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
+	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait(); _ = logFile.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mainAddr, admin, err := logaddr.Sidecar(ctx, logPath, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", admin))
+		resp, err := http.Get("http://" + admin + "/readyz")
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -349,7 +364,7 @@ func BenchmarkRSS(b *testing.B) {
 	b.ReportMetric(float64(time.Since(started).Milliseconds()), "startup-ms")
 	time.Sleep(200 * time.Millisecond)
 	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "idle-RSS-MiB")
-	target := fmt.Sprintf("http://127.0.0.1:%d/charges", port)
+	target := "http://" + mainAddr + "/charges"
 	load(b, target, requests, "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
 	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "load-RSS-MiB")
 }
@@ -369,13 +384,4 @@ func rssMiB(b *testing.B, pid int) float64 {
 	}
 	b.Fatal("no VmRSS")
 	return 0
-}
-
-func freePort(b *testing.B) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
 }
