@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -20,7 +21,7 @@ import (
 
 // Bounds of TestAcknowledgedRevocationsSurvivePruning.
 const (
-	pruneRounds        = 4
+	pruneRounds        = 12
 	pruneSidecars      = 3
 	pruneTokensPerCar  = 20
 	pruneWorkersPerCar = 5
@@ -32,13 +33,22 @@ const (
 // while the operator prunes expired entries from the same revocations
 // ConfigMap (expired entries are added throughout, so pruning runs over and
 // over). Every revocation a sidecar acknowledged must be in the ConfigMap
-// afterwards and refused by a sidecar started afterwards. Each round uses a
-// new policy, whose ConfigMap starts with no live entry: the state in which
-// a prune computed from the operator's cache became {"data":null}.
+// afterwards and refused by a sidecar started afterwards. Each round starts
+// from a ConfigMap with no live entry (the previous round's entries are
+// removed once checked): the state in which a prune computed from the
+// operator's cache became {"data":null}.
 func TestAcknowledgedRevocationsSurvivePruning(t *testing.T) {
+	const name = "prune"
+	NewWithT(t).Expect(createPolicy(t.Context(), name, keygatev1.TokenPolicySpec{DefaultAction: keygatev1.ActionAuthenticated})).To(Succeed())
+	creds := createKey(t, name+"-key", keygatev1.ApiKeySpec{PolicyRef: keygatev1.PolicyReference{Name: name}})
+	cars := make([]*sidecar, pruneSidecars)
+	for i := range cars {
+		cars[i] = startSidecarFor(t, fmt.Sprintf("%s-sidecar-%d", name, i), name)
+		cars[i].waitWorks(creds)
+	}
 	totalAcked, totalLost, totalAccepted, roundsLosing := 0, 0, 0, 0
 	for round := range pruneRounds {
-		acked, lost, accepted, seeds := pruneRound(t, round)
+		acked, lost, accepted, seeds := pruneRound(t, round, name, creds, cars)
 		fmt.Printf("prune round %d: %d sidecars, %d revocations acknowledged, %d expired entries added meanwhile, %d lost from the ConfigMap, %d accepted by a new sidecar\n",
 			round, pruneSidecars, acked, seeds, lost, accepted)
 		totalAcked += acked
@@ -59,16 +69,10 @@ func TestAcknowledgedRevocationsSurvivePruning(t *testing.T) {
 // acknowledged revocations, how many of them are missing from the
 // ConfigMap, how many a new sidecar accepted, and how many expired entries
 // were added meanwhile.
-func pruneRound(t *testing.T, round int) (acked, lost, accepted, seeds int) {
+func pruneRound(t *testing.T, round int, name string, creds credentials, cars []*sidecar) (acked, lost, accepted, seeds int) {
 	g := NewWithT(t)
-	name := fmt.Sprintf("prune-%d", round)
-	g.Expect(createPolicy(t.Context(), name, keygatev1.TokenPolicySpec{DefaultAction: keygatev1.ActionAuthenticated})).To(Succeed())
-	creds := createKey(t, name+"-key", keygatev1.ApiKeySpec{PolicyRef: keygatev1.PolicyReference{Name: name}})
-	cars := make([]*sidecar, pruneSidecars)
-	tokens := make([][]string, pruneSidecars)
+	tokens := make([][]string, len(cars))
 	for i := range cars {
-		cars[i] = startSidecarFor(t, fmt.Sprintf("%s-sidecar-%d", name, i), name)
-		cars[i].waitWorks(creds)
 		for range pruneTokensPerCar {
 			tokens[i] = append(tokens[i], cars[i].token(creds))
 		}
@@ -88,7 +92,7 @@ func pruneRound(t *testing.T, round int) (acked, lost, accepted, seeds int) {
 				return
 			default:
 			}
-			patch := fmt.Sprintf(`{"data":{"seed-%d":%q}}`, i, past)
+			patch := fmt.Sprintf(`{"data":{"seed-%d-%d":%q}}`, round, i, past)
 			cm := &corev1.ConfigMap{}
 			cm.Namespace, cm.Name = cmKey.Namespace, cmKey.Name
 			if suite.k8s.Patch(t.Context(), cm, client.RawPatch(types.MergePatchType, []byte(patch))) == nil {
@@ -144,7 +148,7 @@ func pruneRound(t *testing.T, round int) (acked, lost, accepted, seeds int) {
 			lost++
 		}
 	}
-	fresh := startSidecarFor(t, name+"-fresh", name)
+	fresh := startSidecarFor(t, fmt.Sprintf("%s-fresh-%d", name, round), name)
 	// Accepted means let through: after --failure-limit refusals the
 	// sidecar answers 429 instead of 401, which is a refusal too.
 	for _, tok := range ackedTokens {
@@ -152,8 +156,19 @@ func pruneRound(t *testing.T, round int) (acked, lost, accepted, seeds int) {
 			accepted++
 		}
 	}
-	for _, car := range append(cars, fresh) {
-		car.proc.stop()
+	fresh.proc.stop()
+
+	// Checked: remove this round's entries, so that the next round starts
+	// with no live entry again.
+	if len(data) > 0 {
+		removed := map[string]any{}
+		for k := range data {
+			removed[k] = nil
+		}
+		patch, _ := json.Marshal(map[string]any{"data": removed})
+		cm := &corev1.ConfigMap{}
+		cm.Namespace, cm.Name = cmKey.Namespace, cmKey.Name
+		g.Expect(suite.k8s.Patch(t.Context(), cm, client.RawPatch(types.MergePatchType, patch))).To(Succeed())
 	}
 	return len(ackedJTIs), lost, accepted, int(seeded.Load())
 }
