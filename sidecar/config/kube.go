@@ -53,8 +53,9 @@ type Kubernetes struct {
 	Revoked   *revocation.Set
 	Log       *slog.Logger
 
-	mu     sync.Mutex
-	health map[string]error
+	mu         sync.Mutex
+	health     map[string]error
+	lastBroken time.Time // last failed list or watch call
 }
 
 // report records the outcome of one list or watch call of what and passes
@@ -67,6 +68,9 @@ func (k *Kubernetes) report(what string, err error) {
 	}
 	prev := k.health[what]
 	k.health[what] = err
+	if err != nil {
+		k.lastBroken = time.Now()
+	}
 	if err != nil && prev == nil {
 		k.Log.Warn("Lost contact with the API server; serving the last good state", "object", what, "error", err)
 	} else if err == nil && prev != nil {
@@ -156,9 +160,18 @@ func (k *Kubernetes) applySecret(s *corev1.Secret) {
 // read with a plain GET.
 const probeInterval = time.Second
 
+// catchUpWindow is how long after the last failed list or watch call the
+// objects are still read with GET: a watch re-established against an API
+// server that has just restarted was seen to deliver nothing for about 20 s
+// (test/faults: a revocation made right after the return reached the other
+// sidecars 20.6 s later), while GETs answer at once.
+const catchUpWindow = 30 * time.Second
+
 // probe catches up as soon as the API server is back: client-go backs off a
-// refused watch for up to a minute, so while a watch is failing the objects
-// are read with GET every probeInterval and applied.
+// refused watch for up to a minute, so while a watch is failing, and for
+// catchUpWindow after, the objects are read with GET every probeInterval
+// and applied. (Revocations read this way are merged with those added
+// locally: Set.Replace keeps entries the read does not show yet.)
 func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
@@ -169,7 +182,7 @@ func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 		case <-t.C:
 		}
 		k.mu.Lock()
-		broken := false
+		broken := !k.lastBroken.IsZero() && time.Since(k.lastBroken) < catchUpWindow
 		for _, e := range k.health {
 			broken = broken || e != nil
 		}

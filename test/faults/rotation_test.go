@@ -63,7 +63,6 @@ func TestRotationUnderLoad(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	l := stop()
 	missing := len(sys.keys)*len(sys.sidecars) - len(inForce)
 
 	// Short grace: the old secret stops working once it is over.
@@ -92,6 +91,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		})
 		refusedAfter = append(refusedAfter, time.Since(rotated))
 	}
+	l := stop() // the load ran through both rotations
 	fmt.Printf("faults: rotation under load: %d keys and the signing key rotated; load: %s; new secret in force on every sidecar %s after the request, %d never; old secret (grace %s) refused on all sidecars %s after the rotation\n",
 		len(sys.keys), l, percentiles(inForce), missing, grace, percentiles(refusedAfter))
 	if missing != 0 {

@@ -41,9 +41,12 @@ func newSystem(t *testing.T, policy string, n int, spec keygatev1.ApiKeySpec) *s
 		s.keys = append(s.keys, key{name: name})
 	}
 	for i := range s.keys {
-		eventually(t, operatorTimeout, "credentials of "+s.keys[i].name, func() bool {
-			k, err := readKey(t, s.keys[i].name)
-			s.keys[i] = k
+		name := s.keys[i].name
+		eventually(t, operatorTimeout, "credentials of "+name, func() bool {
+			k, err := readKey(t, name)
+			if err == nil {
+				s.keys[i] = k
+			}
 			return err == nil && k.version >= 1
 		})
 	}
