@@ -275,6 +275,15 @@ func bundleDigests(g Gomega, ns, policy string) map[string][][]byte {
 	return out
 }
 
+// digestOf is the digest a secret has in the policy's bundle as it is now.
+// Use it only once the bundle is known to exist (after a synchronous
+// reconcile); to wait for the operator, use waitDigests, which computes the
+// expectation inside the poll.
+func digestOf(g Gomega, ns, policy, secret string) []byte {
+	b, _ := bundleOf(g, ns, policy)
+	return bundle.Digest(b.HashKey, secret)
+}
+
 // waitDigests waits until the policy's bundle holds, for keyID, exactly the
 // digests of secrets in that order. The expectation is computed inside the
 // polled function: the digests depend on the bundle's hash key, which exists
