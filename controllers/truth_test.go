@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ func TestReadyOnlyWhenInBundle(t *testing.T) {
 	create(t, newPolicy(ns, "p"), newApiKey(ns, "k", "p", withRotation(0, 0)))
 	c := startCache(t, ns)
 	clk := clocktesting.NewFakeClock(time.Now())
-	ak := &ApiKeyReconciler{Client: c, APIReader: k8sClient, Clock: clk, Recorder: discardRecorder{}}
+	counted := &countingClient{Client: c}
+	ak := &ApiKeyReconciler{Client: counted, APIReader: k8sClient, Clock: clk, Recorder: discardRecorder{}}
 	tp := &TokenPolicyReconciler{Client: c, Clock: clock.RealClock{}, Recorder: discardRecorder{}}
 	// Each pass reads what the previous one wrote: wait for the cache to see
 	// the API server's current state of the objects involved.
@@ -83,6 +85,39 @@ func TestReadyOnlyWhenInBundle(t *testing.T) {
 	reconcilePolicy()
 	g.Expect(reconcileKey()).To(Equal("True/Ready"))
 	g.Expect(bundleDigests(g, ns, "p")[after.KeyID]).To(Equal([][]byte{digestOf(g, ns, "p", after.Secret)}))
+
+	// A pass that changes nothing writes nothing, and no ApiKey pass lists
+	// the policy's other keys (what made a policy's keys cost O(n²)).
+	patches := counted.statusPatches.Load()
+	g.Expect(patches).To(BeNumerically(">=", 3), "NotInBundle, Ready, NotInBundle after the rotation, Ready")
+	g.Expect(reconcileKey()).To(Equal("True/Ready"))
+	g.Expect(counted.statusPatches.Load()).To(Equal(patches))
+	g.Expect(counted.lists.Load()).To(BeZero())
+}
+
+// countingClient counts the Lists and status patches made through it.
+type countingClient struct {
+	client.Client
+	lists, statusPatches atomic.Int32
+}
+
+func (c *countingClient) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	c.lists.Add(1)
+	return c.Client.List(ctx, list, opts...)
+}
+
+func (c *countingClient) Status() client.SubResourceWriter {
+	return countingStatus{SubResourceWriter: c.Client.Status(), c: c}
+}
+
+type countingStatus struct {
+	client.SubResourceWriter
+	c *countingClient
+}
+
+func (s countingStatus) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+	s.c.statusPatches.Add(1)
+	return s.SubResourceWriter.Patch(ctx, obj, patch, opts...)
 }
 
 // When the accepted keys do not all fit in the bundle Secret, the operator
