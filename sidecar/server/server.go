@@ -1,7 +1,8 @@
 // Package server is the sidecar's HTTP surface: a fixed middleware chain
 // (request state and access log → bundle → client address → authentication →
-// CIDR → permissions → reverse proxy), the token endpoint mounted before the
-// authentication steps, and the admin listener.
+// CIDR → permissions → reverse proxy), the token endpoint (package
+// tokenendpoint) mounted before the authentication steps, and the admin
+// listener.
 package server
 
 import (
@@ -25,6 +26,7 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/quota"
 	"github.com/keygate-dev/keygate/sidecar/ratelimit"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
+	"github.com/keygate-dev/keygate/sidecar/tokenendpoint"
 	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
@@ -37,12 +39,12 @@ const (
 	headerPrefix      = "X-Keygate-"
 )
 
-// Reserved paths served by the sidecar itself.
+// Reserved paths served by the sidecar itself (the token endpoint's).
 const (
-	PathRevoke     = "/oauth/revoke"
-	PathIntrospect = "/oauth/introspect"
-	PathJWKS       = "/.well-known/jwks.json"
-	PathAuthTest   = "/api/auth/test"
+	PathRevoke     = tokenendpoint.PathRevoke
+	PathIntrospect = tokenendpoint.PathIntrospect
+	PathJWKS       = tokenendpoint.PathJWKS
+	PathAuthTest   = tokenendpoint.PathAuthTest
 )
 
 // Options configure a Server.
@@ -72,6 +74,7 @@ type Server struct {
 	opts     Options
 	auth     *authn.Authenticator
 	proxy    http.Handler
+	tokens   *tokenendpoint.Endpoint
 	byKey    *ratelimit.Limiter
 	byAddr   *ratelimit.Limiter
 	quotas   *quota.Buckets
@@ -116,6 +119,7 @@ func New(o Options) *Server {
 		log:    o.Log,
 		reqPfx: strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
 	}
+	s.tokens = tokenendpoint.New(tokenendpoint.Options{Gate: gate{s}, Revoked: o.Revoked, Revocations: o.Revocations, Log: o.Log})
 	rp := newProxy(o.Upstream, s)
 	s.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if up := r.Header.Values("Upgrade"); len(up) > 0 {
@@ -268,19 +272,9 @@ func encodedSlash(rawPath string) bool {
 func (s *Server) route(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := state(r)
-		p := r.URL.Path
 		switch {
-		case st.rt.TokenPaths[p]:
-			s.serveToken(w, r, st)
-		case p == PathRevoke:
-			s.serveRevoke(w, r, st)
-		case p == PathIntrospect:
-			s.serveIntrospect(w, r, st)
-		case p == PathJWKS:
-			s.serveJWKS(w, r, st)
-		case p == PathAuthTest:
-			s.serveAuthTest(w, r, st)
-		case st.rt.PublicPaths[p]:
+		case s.tokens.Serve(w, r, st):
+		case st.rt.PublicPaths[r.URL.Path]:
 			st.reason = "public"
 			s.proxy.ServeHTTP(w, r)
 		default:
@@ -327,7 +321,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 			return nil
 		}
 		if oauth {
-			s.invalidClient(w, st)
+			tokenendpoint.WriteInvalidClient(w, st.rt.Challenge)
 		} else {
 			s.unauthorized(w, st)
 		}

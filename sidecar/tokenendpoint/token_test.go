@@ -1,4 +1,4 @@
-package server
+package tokenendpoint_test
 
 import (
 	"crypto/ed25519"
@@ -14,7 +14,9 @@ import (
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/server"
 	"github.com/keygate-dev/keygate/sidecar/token"
+	"github.com/keygate-dev/keygate/sidecar/tokenendpoint"
 )
 
 const jsonCT = "application/json"
@@ -85,7 +87,7 @@ func TestTokenEndpointSendforsignFlow(t *testing.T) {
 	hdr := "apk-lake:" + f.Secrets["apk-lake"]
 	r = h.do("GET", "/charges", "", "X-Sendforsign-Key", hdr, "X-Keygate-Client-Key", "acme")
 	seen := r.seen(t)
-	if seen.Headers[HeaderClient][0] != "acme" || seen.Headers["X-Sendforsign-Key"] != nil {
+	if seen.Headers[server.HeaderClient][0] != "acme" || seen.Headers["X-Sendforsign-Key"] != nil {
 		t.Fatalf("api key header mode: %v", seen.Headers)
 	}
 	if r := h.do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "X-Sendforsign-Key", hdr); r.Status != 201 {
@@ -140,7 +142,7 @@ func TestTokenEndpointErrors(t *testing.T) {
 		})
 	}
 	t.Run("body too large", func(t *testing.T) {
-		r := h.do("POST", "/api/token", `{"apiKey":"`+strings.Repeat("a", MaxBodySize)+`"}`, "Content-Type", jsonCT)
+		r := h.do("POST", "/api/token", `{"apiKey":"`+strings.Repeat("a", tokenendpoint.MaxBodySize)+`"}`, "Content-Type", jsonCT)
 		if r.Status != http.StatusRequestEntityTooLarge {
 			t.Fatalf("got %d", r.Status)
 		}
