@@ -195,6 +195,7 @@ func (r *runner) startAll(ctx context.Context) (*Env, <-chan *process, error) {
 	upstreamPort := ln.Addr().(*net.TCPAddr).Port
 
 	// Control plane.
+	r.progress("control plane: starting kube-apiserver and etcd from %s", opts.AssetsDir)
 	cp, err := startControlPlane(opts.AssetsDir, opts.ConfigDir)
 	if err != nil {
 		return nil, nil, err

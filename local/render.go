@@ -80,7 +80,7 @@ func (h *HTTPStep) command() string {
 	if h.Capture != nil {
 		// Show the answer and keep one field of it (no jq needed).
 		sed := fmt.Sprintf(`s/.*"%s":"\([^"]*\)".*/\1/p`, h.Capture.Field)
-		cmd = fmt.Sprintf("%s=$(%s | tee /dev/stderr | sed -n %s); echo", h.Capture.Var, cmd, shellWord(sed))
+		cmd = fmt.Sprintf(`RESP=$(%s); echo "$RESP"; %s=$(printf '%%s' "$RESP" | sed -n %s)`, cmd, h.Capture.Var, shellWord(sed))
 	}
 	return cmd
 }

@@ -31,7 +31,7 @@ func TestCommand(t *testing.T) {
 		{"GET with a variable", Step{HTTP: &HTTPStep{Method: "GET", URL: "http://127.0.0.1:8443/x", Header: [][2]string{{"Authorization", "Bearer $TOKEN"}}}},
 			`curl -sS -w ' [HTTP %{http_code}]\n' 'http://127.0.0.1:8443/x' -H 'Authorization: Bearer '"$TOKEN"`},
 		{"POST capturing a field", Step{HTTP: &HTTPStep{Method: "POST", URL: "http://h/t", Body: `{"a":1}`, Capture: &Capture{Var: "TOKEN", Field: "access_token"}}},
-			`TOKEN=$(curl -sS -X POST 'http://h/t' -d '{"a":1}' | tee /dev/stderr | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'); echo`},
+			`RESP=$(curl -sS -X POST 'http://h/t' -d '{"a":1}'); echo "$RESP"; TOKEN=$(printf '%s' "$RESP" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')`},
 		{"annotate now", Step{Annotate: &AnnotateStep{ApiKey: "k", Key: "keygate.dev/rotate", Var: "ROTATE"}},
 			`ROTATE=$(date +%s); kubectl annotate apikey k keygate.dev/rotate="$ROTATE" --overwrite`},
 		{"wait", Step{Wait: &WaitStep{ApiKey: "k", JSONPath: "{.status.lastRotateRequest}", Value: "$ROTATE"}},
