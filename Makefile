@@ -35,7 +35,7 @@ vet: ## Run go vet.
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (gosec, errorlint, ...).
-	$(GOLANGCI_LINT) run ./...
+	$(GOLANGCI_LINT) run --allow-parallel-runners ./...
 
 .PHONY: helm-lint
 helm-lint: $(HELM) ## Lint and render the Helm chart.
