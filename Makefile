@@ -120,6 +120,11 @@ bench-operator: envtest ## Benchmark the operator: 1,000 ApiKeys on envtest; pri
 bench-scale: envtest ## Benchmark at scale: manager + sidecar as processes vs the API server's ceiling; N from BENCH_SCALE_N (default 1000,10000).
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkScale -benchtime=1x -count=1 -timeout=60m ./test/bench/scale
 
+.PHONY: bench-peers
+bench-peers: ## Benchmark keygate against HAProxy, nginx and a Go ReverseProxy (installs them and wrk from Debian); prints req/s, p50/p99, CPU µs/request.
+	hack/peers.sh
+	go test -tags peers -run='^$$' -bench=BenchmarkPeers -benchtime=1x -count=1 -timeout=15m ./test/bench/peers
+
 .PHONY: bench-sidecar
 bench-sidecar: ## Benchmark the sidecar: req/s, p50/p99 and ratio to a plain reverse proxy; token issuance; RSS.
 	go test -run='^$$' -bench=. -benchmem -count=1 -timeout=20m ./test/bench/sidecar
