@@ -18,13 +18,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/config"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 	"github.com/keygate-dev/keygate/sidecar/server"
+	"github.com/keygate-dev/keygate/sidecar/servingcert"
 	"github.com/keygate-dev/keygate/sidecar/usage"
 )
 
@@ -88,6 +91,8 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "client-side limit of requests per second to the API server (Kubernetes mode; revocations waiting together share one request)")
+	tlsCert := fs.String("tls-cert-file", "", "serve TLS on the main port with this PEM certificate (chain), reloaded on change; needs --tls-key-file")
+	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -109,6 +114,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	}
 	if *kubeQPS <= 0 || *kubeBurst <= 0 {
 		problems = append(problems, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst))
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		problems = append(problems, errors.New("--tls-cert-file and --tls-key-file go together"))
 	}
 	if *revFile != "" && *bundleFile == "" {
 		problems = append(problems, errors.New("--revocations-file needs --bundle-file"))
@@ -170,9 +178,25 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 
 	metrics := server.NewMetrics(store)
 	metrics.EnableKeyLabels(*keyMetrics)
+	var certs *servingcert.Source
+	var tlsStatus func() error
+	if *tlsCert != "" {
+		crlog.SetLogger(logr.FromSlogHandler(log.Handler()))
+		var err error
+		if certs, err = servingcert.New(*tlsCert, *tlsKey, servingcert.DefaultInterval); err != nil {
+			return err
+		}
+		go func() {
+			if err := certs.Start(srcCtx); err != nil {
+				log.Error("Stopped watching the TLS key pair", "error", err)
+			}
+		}()
+		metrics.Registry.MustRegister(certs.Collector())
+		tlsStatus = certs.Err
+	}
 	upstream := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(*upstreamPort))}
 	srv := server.New(server.Options{Store: store, Revoked: revoked, Revocations: revStore, Upstream: upstream,
-		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder})
+		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder, TLSStatus: tlsStatus})
 	t := server.DefaultTimeouts
 	t.Read, t.Write = *readTimeout, *writeTimeout
 	main := server.NewHTTPServer(srv.Handler(), t)
@@ -191,12 +215,18 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		return err
 	}
 	errc := make(chan error, 2)
-	go func() { errc <- main.Serve(mainLn) }()
+	if certs != nil {
+		// ServeTLS adds HTTP/2 (ALPN h2) to the same handler and chain.
+		main.TLSConfig = certs.TLSConfig()
+		go func() { errc <- main.ServeTLS(mainLn, "", "") }()
+	} else {
+		go func() { errc <- main.Serve(mainLn) }()
+	}
 	go func() { errc <- admin.Serve(adminLn) }()
 	if listening != nil {
 		listening(mainLn.Addr(), adminLn.Addr())
 	}
-	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
+	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "tls", certs != nil, "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
 
 	select {
 	case err := <-errc:

@@ -62,6 +62,11 @@ func AdminHandler(s *Server, store *config.Store, m *Metrics, opts ...AdminOptio
 			if st.LastError != nil {
 				detail += "last bundle refused (previous stays in force): " + st.LastError.Error() + "\n"
 			}
+			if s.opts.TLSStatus != nil {
+				if err := s.opts.TLSStatus(); err != nil {
+					detail += "TLS key pair on disk refused (previous stays in force): " + err.Error() + "\n"
+				}
+			}
 		}
 		w.WriteHeader(code)
 		_, _ = w.Write([]byte(detail))

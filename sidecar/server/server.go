@@ -67,6 +67,9 @@ type Options struct {
 	RateLimitSubjects int
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// TLSStatus, when set, reports why the TLS key pair on disk was refused
+	// (the previous pair serving); /readyz shows it without failing.
+	TLSStatus func() error
 }
 
 // Server handles the sidecar's main listener.
