@@ -30,8 +30,8 @@ fmt: ## Run gofmt on the code.
 	gofmt -l -w $$(git ls-files '*.go')
 
 .PHONY: vet
-vet: ## Run go vet.
-	go vet ./...
+vet: ## Run go vet (the real-node tests too: build tag e2enode).
+	go vet -tags e2enode ./...
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (gosec, errorlint, ...).
@@ -104,6 +104,25 @@ images: build ## Build the manager and sidecar images without Docker, as tarball
 .PHONY: bench
 bench: envtest ## Run the benchmarks and print their figures.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=. -benchmem ./...
+
+##@ Real node (root, cgroup v1; see docs/e2e.md)
+
+.PHONY: e2e-images
+e2e-images: images ## Build the demo upstream image into bin/images too (what the e2e node imports).
+	CGO_ENABLED=0 go build -o $(BIN)/demo-upstream ./cmd/demo-upstream
+	cd hack/image && go run . -binary $(BIN)/demo-upstream -tag keygate/demo-upstream:$(IMAGE_TAG) -out $(BIN)/images/demo-upstream-$(IMAGE_TAG).tar
+
+.PHONY: e2e-node-up
+e2e-node-up: e2e-images ## Build the node's binaries (once, ~15-20 min cold) and start a real single-node cluster; prints its kubeconfig.
+	hack/node.sh up
+
+.PHONY: e2e-node-down
+e2e-node-down: ## Stop the node and leave the host as it was before e2e-node-up.
+	hack/node.sh down
+
+.PHONY: e2e
+e2e: e2e-images $(HELM) ## Helm-install keygate on a real node and test it end to end (test/node); always tears the node down.
+	hack/e2e.sh
 
 $(CONTROLLER_GEN):
 	hack/tools.sh controller-gen

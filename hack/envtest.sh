@@ -9,7 +9,7 @@ assets="$root/bin/k8s"
 mkdir -p "$assets"
 
 # stamp NAME: the pinned versions a binary was built from; a change rebuilds.
-stamp() { sha256sum "$root/hack/$1/go.mod" "$root/hack/$1/go.sum" | sha256sum | cut -c1-16; }
+stamp() { cat "$root/hack/$1/go.mod" "$root/hack/$1/go.sum" | sha256sum | cut -c1-16; } # the pins only: the same in every clone
 
 build() {
 	local module=$1 pkg=$2 out=$3

@@ -3,6 +3,8 @@ package podinject
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -57,5 +59,24 @@ func TestHandlerRefusesUnwatchedNamespace(t *testing.T) {
 	resp, result = h.handle(context.Background(), request("shop"))
 	if resp.Allowed || !strings.Contains(resp.Result.Message, `TokenPolicy "payments-api"`) {
 		t.Errorf("pod in a watched namespace: got to the policy lookup? allowed=%v result=%s message=%q", resp.Allowed, result, resp.Result.Message)
+	}
+}
+
+// Every admission answer closes its connection, so that the API server never
+// reuses one to a manager pod that is shutting down.
+func TestAnswerClosesConnection(t *testing.T) {
+	srv := httptest.NewServer(closeAfterAnswer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("{}"))
+	})))
+	defer srv.Close()
+	for i := 0; i < 2; i++ {
+		resp, err := srv.Client().Post(srv.URL, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if !resp.Close {
+			t.Errorf("answer %d keeps the connection open (header %v)", i, resp.Header)
+		}
 	}
 }

@@ -55,13 +55,13 @@ func Setup(mgr ctrl.Manager, opts *Options) error {
 	}
 
 	server := mgr.GetWebhookServer()
-	server.Register(WebhookPath, &webhook.Admission{Handler: &Handler{
+	server.Register(WebhookPath, closeAfterAnswer(&webhook.Admission{Handler: &Handler{
 		Config:     cfg,
 		Policies:   mgr.GetAPIReader(),
 		Decoder:    admission.NewDecoder(mgr.GetScheme()),
 		Namespaces: opts.Namespaces,
 		observe:    opts.observe,
-	}})
+	}}))
 	started := server.StartedChecker()
 	if err := mgr.AddReadyzCheck(ReadyzCheckName, func(req *http.Request) error {
 		if err := certReady(req); err != nil {
@@ -84,4 +84,16 @@ func Setup(mgr ctrl.Manager, opts *Options) error {
 		return fmt.Errorf("register uninjected pods gauge: %w", err)
 	}
 	return nil
+}
+
+// closeAfterAnswer answers each admission on a connection of its own
+// (Connection: close). The API server otherwise keeps connections to a
+// manager pod open while the pod shuts down, and a request sent on one just
+// as the server closes it fails with EOF (seen on a real node during helm
+// upgrade). New connections go through the Service to Ready pods only.
+func closeAfterAnswer(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		h.ServeHTTP(w, r)
+	})
 }
