@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -74,13 +75,12 @@ func TestUsageAndVersion(t *testing.T) {
 }
 
 func TestStatusCredentialsToggle(t *testing.T) {
-	ns := "status"
-	createNamespace(t, ns)
-	createNamespace(t, "elsewhere")
+	ns := createNamespace(t, "status")
+	elsewhere := createNamespace(t, "elsewhere")
 	createPolicy(t, ns, "payments", keygatev1.TokenPolicySpec{MaxApiKeys: 10})
 	createKey(t, ns, "billing", keySpec("payments", "charges:List"))
-	createPolicy(t, "elsewhere", "payments", keygatev1.TokenPolicySpec{})
-	createKey(t, "elsewhere", "stray", keySpec("payments"))
+	createPolicy(t, elsewhere, "payments", keygatev1.TokenPolicySpec{})
+	createKey(t, elsewhere, "stray", keySpec("payments"))
 	keyID, secret := secretOf(t, ns, "billing")
 
 	// status: one line per key, nothing secret.
@@ -95,7 +95,7 @@ func TestStatusCredentialsToggle(t *testing.T) {
 		t.Error("status printed the secret")
 	}
 	r = kg(t, "status", "-A", "-o", "yaml")
-	if r.code != 0 || !strings.Contains(r.out, "namespace: elsewhere") || !strings.Contains(r.out, "name: billing") {
+	if r.code != 0 || !strings.Contains(r.out, "namespace: "+elsewhere) || !strings.Contains(r.out, "name: billing") {
 		t.Errorf("status -A -o yaml: %+v", r)
 	}
 	r = kg(t, "status", "-p", "payments", "-n", ns)
@@ -104,10 +104,10 @@ func TestStatusCredentialsToggle(t *testing.T) {
 	}
 
 	// Failure paths name the problem.
-	wantCode(t, kg(t, "status", "nope", "-n", ns), ExitError, `ApiKey "nope" not found in namespace "status"`)
+	wantCode(t, kg(t, "status", "nope", "-n", ns), ExitError, fmt.Sprintf(`ApiKey "nope" not found in namespace %q`, ns))
 	wantCode(t, kg(t, "credentials", "stray", "-n", ns), ExitError,
-		`ApiKey "stray" not found in namespace "status"; it exists in namespace "elsewhere" (use -n)`)
-	wantCode(t, kg(t, "status", "-p", "nope", "-n", ns), ExitError, `TokenPolicy "nope" not found in namespace "status"`)
+		fmt.Sprintf(`ApiKey "stray" not found in namespace %q; it exists in namespace `, ns), fmt.Sprintf("%q", elsewhere), "(use -n)")
+	wantCode(t, kg(t, "status", "-p", "nope", "-n", ns), ExitError, fmt.Sprintf(`TokenPolicy "nope" not found in namespace %q`, ns))
 
 	// credentials: every format, the warning only on a terminal.
 	r = kg(t, "credentials", "billing", "-n", ns)
@@ -127,7 +127,7 @@ func TestStatusCredentialsToggle(t *testing.T) {
 		t.Errorf("credentials json: %q (%v)", r.out, err)
 	}
 	r = kgWith(t, func(o *Options) { o.IsTerminal = func(io.Writer) bool { return true } }, "credentials", "billing", "-n", ns)
-	if !strings.Contains(r.err, "Warning: this prints the secret of ApiKey status/billing") || strings.Contains(r.err, secret) {
+	if !strings.Contains(r.err, "Warning: this prints the secret of ApiKey "+ns+"/billing") || strings.Contains(r.err, secret) {
 		t.Errorf("terminal warning: %q", r.err)
 	}
 
@@ -159,8 +159,7 @@ func TestStatusCredentialsToggle(t *testing.T) {
 }
 
 func TestRotate(t *testing.T) {
-	ns := "rotate"
-	createNamespace(t, ns)
+	ns := createNamespace(t, "rotate")
 	createPolicy(t, ns, "payments", keygatev1.TokenPolicySpec{})
 	grace := &metav1.Duration{Duration: time.Hour}
 	spec := keySpec("payments")
@@ -177,7 +176,7 @@ func TestRotate(t *testing.T) {
 		t.Fatal("the secret did not change")
 	}
 	for _, want := range []string{"apikey/a rotated: secret version 2 is in the bundle of its policy",
-		"previous secret works until", "(59m left)", "kubectl keygate credentials a -n rotate"} {
+		"previous secret works until", "(59m left)", "kubectl keygate credentials a -n " + ns} {
 		if !strings.Contains(r.out, want) {
 			t.Errorf("rotate --wait output lacks %q:\n%s", want, r.out)
 		}
@@ -200,8 +199,8 @@ func TestRotate(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.out), &res); err != nil || len(res) != 1 || res[0].Name != "b" || res[0].SecretVersion != 2 || !res[0].InBundle {
 		t.Errorf("rotate --all -l: %q (%v)", r.out, err)
 	}
-	wantCode(t, kg(t, "rotate", "--all", "-l", "team=nobody", "-n", ns), ExitError, "no ApiKeys match in namespace rotate with labels team=nobody")
-	wantCode(t, kg(t, "rotate", "ghost", "-n", ns), ExitError, `ApiKey "ghost" not found in namespace "rotate"`)
+	wantCode(t, kg(t, "rotate", "--all", "-l", "team=nobody", "-n", ns), ExitError, "no ApiKeys match in namespace "+ns+" with labels team=nobody")
+	wantCode(t, kg(t, "rotate", "ghost", "-n", ns), ExitError, fmt.Sprintf(`ApiKey "ghost" not found in namespace %q`, ns))
 
 	// Without --wait: the request only.
 	r = kg(t, "rotate", "a", "-n", ns)
@@ -216,6 +215,6 @@ func TestRotate(t *testing.T) {
 	waitFor(t, operatorTimeout, "disabled", func() bool {
 		return strings.Contains(kg(t, "status", "a", "-n", ns, "-o", "json").out, `"inBundle": "no"`)
 	})
-	wantCode(t, kg(t, "rotate", "a", "-n", ns, "--wait", "--timeout", "2s"), ExitError,
-		`timed out after 2s: ApiKey rotate/a has secret version 4, but the bundle of TokenPolicy "payments" carries no entry for it (the key is not Ready: Disabled)`)
+	wantCode(t, kg(t, "rotate", "a", "-n", ns, "--wait", "--timeout", "8s"), ExitError,
+		`timed out after 8s: ApiKey `+ns+`/a has secret version 4, but the bundle of TokenPolicy "payments" carries no entry for it (the key is not Ready: Disabled)`)
 }

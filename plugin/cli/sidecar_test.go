@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -98,8 +99,7 @@ func createSidecarPod(t *testing.T, ns, name, policy, podIP string, ready bool) 
 // address (192.0.2.10, TEST-NET-1) is reached through the API server's
 // egress CONNECT proxy, which maps it to the sidecar's loopback listener.
 func TestTokenRevokeCanI(t *testing.T) {
-	ns := "tokens"
-	createNamespace(t, ns)
+	ns := createNamespace(t, "tokens")
 	createPolicy(t, ns, "payments", keygatev1.TokenPolicySpec{
 		Authentication: keygatev1.Authentication{APIKeyHeader: "X-Payments-Key"},
 		Rules: []keygatev1.Rule{
@@ -118,10 +118,10 @@ func TestTokenRevokeCanI(t *testing.T) {
 	createKey(t, ns, "idle-key", keySpec("idle"))
 
 	// No pod at all, then a pod that is not ready: token says so.
-	wantCode(t, kg(t, "token", "idle-key", "-n", ns), ExitError, `no sidecar pod of TokenPolicy "idle" in namespace "tokens"`)
+	wantCode(t, kg(t, "token", "idle-key", "-n", ns), ExitError, fmt.Sprintf(`no sidecar pod of TokenPolicy "idle" in namespace %q`, ns))
 	createSidecarPod(t, ns, "idle-0", "idle", "192.0.2.20", false)
 	wantCode(t, kg(t, "token", "idle-key", "-n", ns), ExitError,
-		`no ready sidecar pod of TokenPolicy "idle" in namespace "tokens" (1 pod(s), none ready)`)
+		fmt.Sprintf(`no ready sidecar pod of TokenPolicy "idle" in namespace %q (1 pod(s), none ready)`, ns))
 
 	sc := startSidecar(t, ns, "payments")
 	suite.egress.route("192.0.2.10:8443", sc.addr)
@@ -153,7 +153,7 @@ func TestTokenRevokeCanI(t *testing.T) {
 	// The sidecar's refusal comes back with its words.
 	wantCode(t, kg(t, "token", "shop", "-n", ns, "--scope", "charges:Create"), ExitError,
 		"the sidecar answered 400 invalid_scope: scope charges:Create exceeds the key's permissions")
-	wantCode(t, kg(t, "token", "idle-key", "-n", ns, "--client", "acme"), ExitError, "--client needs TokenPolicy tokens/idle to set authentication.apiKeyHeader")
+	wantCode(t, kg(t, "token", "idle-key", "-n", ns, "--client", "acme"), ExitError, "--client needs TokenPolicy "+ns+"/idle to set authentication.apiKeyHeader")
 
 	// revoke --token: every sidecar refuses the token afterwards.
 	open := tok
@@ -195,5 +195,5 @@ func TestTokenRevokeCanI(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.out, `"nobody" is not a client of this key`) {
 		t.Errorf("can-i unknown client: %+v", r)
 	}
-	wantCode(t, kg(t, "can-i", "ghost", "GET", "/", "-n", ns), ExitError, `ApiKey "ghost" not found in namespace "tokens"`)
+	wantCode(t, kg(t, "can-i", "ghost", "GET", "/", "-n", ns), ExitError, fmt.Sprintf(`ApiKey "ghost" not found in namespace %q`, ns))
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,11 +189,18 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func createNamespace(t *testing.T, name string) {
+// nsSeq makes namespace names unique, so the tests run again (-count) on
+// the same API server.
+var nsSeq atomic.Int32
+
+// createNamespace creates a namespace named base-N and returns its name.
+func createNamespace(t *testing.T, base string) string {
 	t.Helper()
+	name := fmt.Sprintf("%s-%d", base, nsSeq.Add(1))
 	if err := suite.k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
 		t.Fatalf("namespace %s: %v", name, err)
 	}
+	return name
 }
 
 func createPolicy(t *testing.T, ns, name string, spec keygatev1.TokenPolicySpec) {
