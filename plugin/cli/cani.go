@@ -10,11 +10,11 @@ import (
 
 	"github.com/keygate-dev/keygate/sidecar/config"
 	"github.com/keygate-dev/keygate/sidecar/decision"
-	"github.com/keygate-dev/keygate/sidecar/server"
+	"github.com/keygate-dev/keygate/sidecar/tokenendpoint"
 )
 
 // sidecarPaths are the reserved paths a sidecar serves itself.
-var sidecarPaths = []string{server.PathRevoke, server.PathIntrospect, server.PathJWKS, server.PathAuthTest}
+var sidecarPaths = []string{tokenendpoint.PathRevoke, tokenendpoint.PathIntrospect, tokenendpoint.PathJWKS, tokenendpoint.PathAuthTest}
 
 type canIOptions struct {
 	*Options
@@ -118,7 +118,10 @@ func (o *canIOptions) explain(r *canIResult) error {
 	p := &printer{w: o.IO.Out}
 	d := r.Decision
 	verdict := "yes"
-	if !d.Allowed {
+	switch {
+	case !d.Allowed && d.Audit:
+		verdict = fmt.Sprintf("no under Enforce (reason %s); the policy is in Audit, so the sidecar forwards it with X-Keygate-Decision: deny", d.Reason)
+	case !d.Allowed:
 		verdict = fmt.Sprintf("no (the sidecar answers %d, reason %s)", d.Status, d.Reason)
 	}
 	p.f("%s\n", verdict)

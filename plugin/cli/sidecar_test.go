@@ -195,5 +195,12 @@ func TestTokenRevokeCanI(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.out, `"nobody" is not a client of this key`) {
 		t.Errorf("can-i unknown client: %+v", r)
 	}
+	// Under enforcement Audit the answer is Enforce's, and says the request is forwarded.
+	createPolicy(t, ns, "audited", keygatev1.TokenPolicySpec{Enforcement: keygatev1.EnforcementAudit})
+	createKey(t, ns, "watched", keySpec("audited"))
+	r = kg(t, "can-i", "watched", "GET", "/anything", "-n", ns)
+	if r.code != 1 || !strings.Contains(r.out, "no under Enforce (reason no_rule); the policy is in Audit, so the sidecar forwards it") {
+		t.Errorf("can-i under Audit: %+v", r)
+	}
 	wantCode(t, kg(t, "can-i", "ghost", "GET", "/", "-n", ns), ExitError, fmt.Sprintf(`ApiKey "ghost" not found in namespace %q`, ns))
 }

@@ -6,7 +6,10 @@
 // It composes the sidecar's own steps — authn.KeyIdentity, authn.CheckAddress,
 // the compiled authz.Rules and the runtime's path sets — in the order the
 // server's chain runs them, so `kubectl keygate can-i` cannot drift from what
-// a sidecar does. The package's tests compare it with a running sidecar.
+// a sidecar does. The package's tests compare it with a running sidecar,
+// under enforcement Enforce and Audit. Not modelled: failure-limit and rate
+// limit 429s (they depend on traffic), method-override headers and
+// non-canonical paths (refused with 400 before any rule).
 package decision
 
 import (
@@ -61,9 +64,15 @@ type CIDR struct {
 
 // Decision is the sidecar's answer and why.
 type Decision struct {
+	// Allowed is the enforcing decision.
 	Allowed bool `json:"allowed"`
+	// Audit is set when the policy's enforcement is Audit and the request
+	// is on the path to the workload: a refusal is then only reported (the
+	// request is forwarded with X-Keygate-Decision: deny; reason=…).
+	Audit bool `json:"audit,omitempty"`
 	// Status is what the sidecar answers itself: 401 or 403 on a refusal,
-	// 0 when the request goes on (to the upstream or the sidecar's endpoint).
+	// 0 when the request goes on (to the upstream or the sidecar's endpoint,
+	// or forwarded under Audit).
 	Status int    `json:"status,omitempty"`
 	Reason string `json:"reason"`
 	// Rule is the index in policy.rules of the first matching rule, or -1.
@@ -92,6 +101,7 @@ func Explain(rt *config.Runtime, req Request) Decision {
 		d.Allowed, d.Reason = true, ReasonPublic
 		return d
 	}
+	d.Audit = rt.Audit
 	k := rt.Keys[req.KeyID]
 	if k == nil {
 		return refuse(d, http.StatusUnauthorized, authn.ReasonUnknownKey)
@@ -135,6 +145,9 @@ func Explain(rt *config.Runtime, req Request) Decision {
 
 func refuse(d Decision, status int, reason string) Decision {
 	d.Allowed, d.Status, d.Reason = false, status, reason
+	if d.Audit {
+		d.Status = 0 // forwarded, the refusal only reported
+	}
 	return d
 }
 

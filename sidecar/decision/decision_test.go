@@ -24,8 +24,13 @@ const apiKeyHeader = "X-Api-Key"
 var sidecarPaths = []string{server.PathRevoke, server.PathIntrospect, server.PathJWKS, server.PathAuthTest}
 
 func fixture(t *testing.T) (*bundletest.Fixture, *config.Runtime) {
+	return fixtureWith(t, "")
+}
+
+func fixtureWith(t *testing.T, enforcement string) (*bundletest.Fixture, *config.Runtime) {
 	t.Helper()
 	f := bundletest.New(bundle.AlgEdDSA)
+	f.Bundle.Policy.Enforcement = enforcement
 	p := &f.Bundle.Policy
 	p.APIKeyHeader = apiKeyHeader
 	p.TrustedProxies = []string{"127.0.0.1/32", "::1/128"}
@@ -51,12 +56,21 @@ func fixture(t *testing.T) (*bundletest.Fixture, *config.Runtime) {
 // asks Explain about the same request: they must agree on every row, and
 // each row's expected outcome pins what both say.
 func TestAgreesWithSidecar(t *testing.T) {
-	f, rt := fixture(t)
+	for _, enforcement := range []string{"", bundle.EnforcementAudit} {
+		t.Run("enforcement="+enforcement, func(t *testing.T) { agreesWithSidecar(t, enforcement) })
+	}
+}
+
+func agreesWithSidecar(t *testing.T, enforcement string) {
+	f, rt := fixtureWith(t, enforcement)
 	store := &config.Store{}
 	if _, err := store.Update(f.JSON()); err != nil {
 		t.Fatalf("load bundle: %v", err)
 	}
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream-Decision", r.Header.Get(server.HeaderDecision))
+		w.WriteHeader(http.StatusOK)
+	}))
 	defer upstream.Close()
 	u, _ := url.Parse(upstream.URL)
 	srv := server.New(server.Options{Store: store, Upstream: u, FailureLimit: 100000,
@@ -115,14 +129,23 @@ func TestAgreesWithSidecar(t *testing.T) {
 			d := Explain(rt, Request{Method: row.method, Path: row.path, KeyID: row.key, Client: row.client,
 				From: netip.MustParseAddr(row.from), SidecarPaths: sidecarPaths, Now: time.Now()})
 			explained := http.StatusOK
-			if !d.Allowed {
+			if d.Status != 0 {
 				explained = d.Status
 			}
 			if explained != resp.StatusCode {
 				t.Errorf("Explain says %d (%s), the sidecar answered %d", explained, d.Reason, resp.StatusCode)
 			}
-			if resp.StatusCode != row.want || d.Reason != row.reason {
-				t.Errorf("sidecar %d, reason %q; want %d, %q", resp.StatusCode, d.Reason, row.want, row.reason)
+			want := row.want
+			if enforcement == bundle.EnforcementAudit && d.Audit {
+				// Audit forwards what Enforce refuses, and says so to the workload.
+				want = http.StatusOK
+				verdict := resp.Header.Get("X-Upstream-Decision")
+				if d.Allowed != (verdict == "allow") || verdict == "" {
+					t.Errorf("Explain allowed=%v, the sidecar told the workload %q", d.Allowed, verdict)
+				}
+			}
+			if resp.StatusCode != want || d.Reason != row.reason || d.Allowed != (row.want == http.StatusOK) {
+				t.Errorf("sidecar %d, reason %q, allowed %v; want %d, %q", resp.StatusCode, d.Reason, d.Allowed, want, row.reason)
 			}
 		})
 	}
