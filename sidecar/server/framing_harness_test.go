@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -98,6 +99,7 @@ type rawFront struct {
 	http    *http.Server
 	addr    string
 	logs    *lockedBuffer
+	tlsConf *tls.Config
 }
 
 // testTimeouts are generous: tests end by the sidecar closing or answering.
@@ -105,6 +107,33 @@ var testTimeouts = Timeouts{ReadHeader: 10 * time.Second, Read: 10 * time.Second
 
 func newRawFront(t testing.TB, fix *bundletest.Fixture, upstream string, timeouts Timeouts) *rawFront {
 	t.Helper()
+	f := buildRawFront(t, fix, upstream, timeouts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	go func() { _ = f.http.Serve(ln) }()
+	t.Cleanup(func() { _ = f.http.Close() })
+	return f
+}
+
+// newRawFrontTLS serves the same listener setup over TLS (HTTP/1.1 only),
+// as --tls-cert-file does.
+func newRawFrontTLS(t testing.TB, fix *bundletest.Fixture, upstream string) *rawFront {
+	t.Helper()
+	f := buildRawFront(t, fix, upstream, testTimeouts)
+	ts := httptest.NewUnstartedServer(f.http.Handler)
+	ts.Config = f.http
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	f.addr = ts.Listener.Addr().String()
+	f.tlsConf = ts.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	f.tlsConf.NextProtos = []string{"http/1.1"}
+	return f
+}
+
+func buildRawFront(t testing.TB, fix *bundletest.Fixture, upstream string, timeouts Timeouts) *rawFront {
 	store := &config.Store{}
 	if _, err := store.Update(fix.JSON()); err != nil {
 		t.Fatal(err)
@@ -114,14 +143,15 @@ func newRawFront(t testing.TB, fix *bundletest.Fixture, upstream string, timeout
 	log := slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f.srv = New(Options{Store: store, Upstream: u, Metrics: f.metrics, Log: log, FailureLimit: 1000})
 	f.http = NewHTTPServer(f.srv.Handler(), timeouts)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.addr = ln.Addr().String()
-	go func() { _ = f.http.Serve(ln) }()
-	t.Cleanup(func() { _ = f.http.Close() })
 	return f
+}
+
+// dial connects to the front (over TLS for newRawFrontTLS).
+func (f *rawFront) dial() (net.Conn, error) {
+	if f.tlsConf != nil {
+		return tls.Dial("tcp", f.addr, f.tlsConf)
+	}
+	return net.Dial("tcp", f.addr)
 }
 
 // decisions reads keygate_sidecar_decisions_total{result,reason}.
@@ -181,7 +211,7 @@ func (f *rawFront) first(raw string) rawResult {
 // send dials the sidecar, writes raw and reads the first final response.
 func (f *rawFront) send(raw string) (net.Conn, *bufio.Reader, rawResult) {
 	f.t.Helper()
-	c, err := net.Dial("tcp", f.addr)
+	c, err := f.dial()
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -117,11 +117,25 @@ func framingCases(f *bundletest.Fixture) []framingCase {
 }
 
 func TestRequestFraming(t *testing.T) {
+	testRequestFraming(t, func(t *testing.T, fix *bundletest.Fixture, upstream string) *rawFront {
+		return newRawFront(t, fix, upstream, testTimeouts)
+	})
+}
+
+// TestRequestFramingOverTLS runs the corpus against the TLS listener
+// (HTTP/1.1 over TLS; HTTP/2 has no chunked framing).
+func TestRequestFramingOverTLS(t *testing.T) {
+	testRequestFraming(t, func(t *testing.T, fix *bundletest.Fixture, upstream string) *rawFront {
+		return newRawFrontTLS(t, fix, upstream)
+	})
+}
+
+func testRequestFraming(t *testing.T, newFront func(*testing.T, *bundletest.Fixture, string) *rawFront) {
 	fix := framingFixture()
 	for _, tc := range framingCases(fix) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newRecordingUpstream(t, nil)
-			front := newRawFront(t, fix, up.srv.URL, testTimeouts)
+			front := newFront(t, fix, up.srv.URL)
 			res := front.exchange(tc.raw)
 			if res.status != tc.status {
 				t.Errorf("status %d, want %d (body %q)", res.status, tc.status, res.body)
