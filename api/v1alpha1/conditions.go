@@ -64,4 +64,7 @@ const (
 	AnnotationPort = "keygate.dev/port"
 	// AnnotationInjected records that (and by which version) a pod was injected.
 	AnnotationInjected = "keygate.dev/injected"
+	// AnnotationTLSSecret names a kubernetes.io/tls Secret in the pod's
+	// namespace that the sidecar serves TLS with (reloaded on change).
+	AnnotationTLSSecret = "keygate.dev/tls-secret"
 )

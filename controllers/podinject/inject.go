@@ -30,6 +30,8 @@ type injection struct {
 	upstreamPort int32
 	port         int32
 	resources    corev1.ResourceRequirements
+	// tlsSecret is the Secret the sidecar serves TLS with ("" plain HTTP).
+	tlsSecret string
 }
 
 // inject adds the keygate sidecar to pod as its first init container (a native
@@ -52,12 +54,17 @@ func inject(pod *corev1.Pod, cfg Config) (changed bool, err error) {
 			inits = append(inits, c)
 			continue
 		}
-		if i == 0 && equality.Semantic.DeepEqual(owned(c), want) {
+		ours, others := keygateMounts(c.VolumeMounts)
+		if i == 0 && equality.Semantic.DeepEqual(owned(c), owned(want)) && equality.Semantic.DeepEqual(ours, want.VolumeMounts) {
 			changed = false
 		}
-		// Mounts are not keygate's: the ServiceAccount admission plugin adds
-		// the token's (kube-api-access-*) to every container, the sidecar's too.
-		inits[0].VolumeMounts = c.VolumeMounts
+		// Other mounts are not keygate's: the ServiceAccount admission plugin
+		// adds the token's (kube-api-access-*) to every container, the sidecar's too.
+		inits[0].VolumeMounts = append(append([]corev1.VolumeMount(nil), want.VolumeMounts...), others...)
+	}
+	// The volume is checked on a copy: an unchanged pod is left alone.
+	if setTLSVolume(pod.DeepCopy(), in.tlsSecret) {
+		changed = true
 	}
 	if pod.Annotations[keygatev1.AnnotationInjected] != cfg.Version {
 		changed = true
@@ -66,6 +73,7 @@ func inject(pod *corev1.Pod, cfg Config) (changed bool, err error) {
 		return false, nil
 	}
 	pod.Spec.InitContainers = inits
+	setTLSVolume(pod, in.tlsSecret)
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
@@ -125,6 +133,9 @@ func parseAnnotations(pod *corev1.Pod, cfg Config) (injection, error) {
 		return in, err
 	}
 	in.resources = res
+	if in.tlsSecret, err = tlsSecret(pod); err != nil {
+		return in, err
+	}
 	return in, nil
 }
 
@@ -234,8 +245,8 @@ func resourceAnnotations(name corev1.ResourceName) []string {
 
 // owned is the part of an injected container that keygate sets, for
 // comparing with sidecarContainer: everything but what other admission
-// plugins add to every container (volume mounts and devices). keygate adds no
-// volumes of its own.
+// plugins add to every container (volume mounts and devices). keygate's own
+// mount (the TLS Secret's) is compared apart (keygateMounts).
 func owned(c corev1.Container) corev1.Container {
 	c.VolumeMounts, c.VolumeDevices = nil, nil
 	return c
@@ -263,16 +274,23 @@ func sidecarContainer(in injection, cfg Config) corev1.Container {
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 		}}
 	}
+	args := []string{
+		"--policy=" + in.policy,
+		"--upstream-port=" + strconv.Itoa(int(in.upstreamPort)),
+		"--port=" + strconv.Itoa(int(in.port)),
+		"--admin-port=" + strconv.Itoa(int(AdminPort)),
+	}
+	var mounts []corev1.VolumeMount
+	if in.tlsSecret != "" {
+		args = append(args, tlsArgs()...)
+		mounts = []corev1.VolumeMount{tlsMount()}
+	}
 	return corev1.Container{
 		Name:            ContainerName,
 		Image:           cfg.Image,
 		ImagePullPolicy: corev1.PullIfNotPresent,
-		Args: []string{
-			"--policy=" + in.policy,
-			"--upstream-port=" + strconv.Itoa(int(in.upstreamPort)),
-			"--port=" + strconv.Itoa(int(in.port)),
-			"--admin-port=" + strconv.Itoa(int(AdminPort)),
-		},
+		Args:            args,
+		VolumeMounts:    mounts,
 		Env: []corev1.EnvVar{
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("POD_NAME", "metadata.name"),

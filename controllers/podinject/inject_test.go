@@ -337,6 +337,11 @@ func TestInjectRefuses(t *testing.T) {
 		{"request above limit", newPod(withAnnotation(AnnotationMemoryRequest, "1Gi")), "sidecar memory request 1Gi exceeds its limit 128Mi (annotations keygate.dev/sidecar-memory-request, keygate.dev/sidecar-memory-limit)"},
 		{"no service account token", newPod(func(p *corev1.Pod) { no := false; p.Spec.AutomountServiceAccountToken = &no }), "spec.automountServiceAccountToken is false"},
 		{"reserved container name", newPod(func(p *corev1.Pod) { p.Spec.Containers[0].Name = "keygate-sidecar" }), `container name "keygate-sidecar" is reserved`},
+		{"bad TLS Secret name", newPod(withAnnotation(keygatev1.AnnotationTLSSecret, "Web_TLS")), `annotation keygate.dev/tls-secret: "Web_TLS" is not a valid Secret name`},
+		{"empty TLS Secret name", newPod(withAnnotation(keygatev1.AnnotationTLSSecret, "")), `annotation keygate.dev/tls-secret: "" is not a valid Secret name`},
+		{"reserved TLS volume name", newPod(func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "keygate-tls", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+		}), `volume name "keygate-tls" is reserved`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

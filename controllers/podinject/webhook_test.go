@@ -116,6 +116,7 @@ func TestWebhookRefuses(t *testing.T) {
 		{"admin port clash", podIn(ns, "p9", withContainerPort("admin", 9901)), `container "app" uses port 9901, the keygate sidecar's admin port`},
 		{"upstream is the sidecar port", podIn(ns, "p10", withAnnotation(keygatev1.AnnotationUpstreamPort, "8443")), "annotation keygate.dev/upstream-port: port 8443 is also the sidecar's port"},
 		{"bad resource override", podIn(ns, "p11", withAnnotation(AnnotationMemoryLimit, "much")), `annotation keygate.dev/sidecar-memory-limit: "much" is not a positive quantity`},
+		{"bad TLS Secret name", podIn(ns, "p12", withAnnotation(keygatev1.AnnotationTLSSecret, "web/tls")), `annotation keygate.dev/tls-secret: "web/tls" is not a valid Secret name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
