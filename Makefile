@@ -7,6 +7,9 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
 HELM := $(BIN)/helm
 ENVTEST_ASSETS := $(BIN)/k8s
+# envtest waits 20 s for kube-apiserver by default: too short on a busy 2-core
+# machine (a slow start is not a failure of the code under test).
+export KUBEBUILDER_CONTROLPLANE_START_TIMEOUT ?= 2m
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
 FUZZTIME ?= 5s
 
