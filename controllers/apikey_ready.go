@@ -142,12 +142,14 @@ type bundleViews struct {
 	m  map[types.NamespacedName][2]*bundleView
 }
 
-// get returns the view of s, nil when its bundle does not parse.
+// get returns the view of s, nil when its bundle does not parse. The parse
+// happens under the lock, so that the workers asking about a new version at
+// once parse it once, not once each.
 func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 	nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	pair := c.m[nn]
-	c.mu.Unlock()
 	for _, v := range pair {
 		if v != nil && v.resourceVersion == s.ResourceVersion {
 			return v
@@ -162,12 +164,9 @@ func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 	for i := range b.Keys {
 		v.byName[b.Keys[i].Name] = &b.Keys[i]
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.m == nil {
 		c.m = map[types.NamespacedName][2]*bundleView{}
 	}
-	pair = c.m[nn]
 	c.m[nn] = [2]*bundleView{v, pair[0]}
 	return v
 }
