@@ -60,6 +60,10 @@ func startControlPlane(assetsDir, configDir string) (*controlPlane, error) {
 		// The API server waits for open watches on SIGTERM; do not wait long.
 		ControlPlaneStopTimeout: 5 * time.Second,
 	}
+	if os.Getenv("KUBEBUILDER_CONTROLPLANE_START_TIMEOUT") == "" {
+		// envtest's default, 20 s, is too short for a busy 2-core machine.
+		env.ControlPlaneStartTimeout = 2 * time.Minute
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		_ = env.Stop()
