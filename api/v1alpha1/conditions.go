@@ -67,4 +67,7 @@ const (
 	// AnnotationTLSSecret names a kubernetes.io/tls Secret in the pod's
 	// namespace that the sidecar serves TLS with (reloaded on change).
 	AnnotationTLSSecret = "keygate.dev/tls-secret"
+	// AnnotationUpstreamProtocol is "h2c" for a workload that speaks HTTP/2
+	// cleartext (gRPC servers); absent, the sidecar proxies HTTP/1.1.
+	AnnotationUpstreamProtocol = "keygate.dev/upstream-protocol"
 )

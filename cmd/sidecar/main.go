@@ -91,6 +91,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "client-side limit of requests per second to the API server (Kubernetes mode; revocations waiting together share one request)")
+	upstreamProto := fs.String("upstream-protocol", "http1", "protocol to the workload: http1, or h2c (HTTP/2 cleartext with prior knowledge, for gRPC servers)")
 	tlsCert := fs.String("tls-cert-file", "", "serve TLS on the main port with this PEM certificate (chain), reloaded on change; needs --tls-key-file")
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
@@ -114,6 +115,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	}
 	if *kubeQPS <= 0 || *kubeBurst <= 0 {
 		problems = append(problems, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst))
+	}
+	if *upstreamProto != "http1" && *upstreamProto != "h2c" {
+		problems = append(problems, fmt.Errorf("--upstream-protocol %q: use http1 or h2c", *upstreamProto))
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		problems = append(problems, errors.New("--tls-cert-file and --tls-key-file go together"))
@@ -196,7 +200,8 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	}
 	upstream := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(*upstreamPort))}
 	srv := server.New(server.Options{Store: store, Revoked: revoked, Revocations: revStore, Upstream: upstream,
-		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder, TLSStatus: tlsStatus})
+		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder, TLSStatus: tlsStatus,
+		UpstreamH2C: *upstreamProto == "h2c"})
 	t := server.DefaultTimeouts
 	t.Read, t.Write = *readTimeout, *writeTimeout
 	main := server.NewHTTPServer(srv.Handler(), t)

@@ -134,3 +134,14 @@ func TestTLSListener(t *testing.T) {
 	}
 	_ = conn.Close()
 }
+
+func TestUpstreamProtocolFlag(t *testing.T) {
+	err := run(context.Background(), []string{"--bundle-file", "bundle.json", "--upstream-port", "8080", "--upstream-protocol", "grpc"}, nil)
+	if err == nil || !strings.Contains(err.Error(), `--upstream-protocol "grpc": use http1 or h2c`) {
+		t.Fatalf("run with a bad --upstream-protocol: %v", err)
+	}
+	err = run(context.Background(), []string{"--bundle-file", "bundle.json", "--upstream-port", "8080", "--tls-cert-file", "tls.crt"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "--tls-cert-file and --tls-key-file go together") {
+		t.Fatalf("run with a certificate and no key: %v", err)
+	}
+}

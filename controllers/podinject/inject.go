@@ -32,6 +32,8 @@ type injection struct {
 	resources    corev1.ResourceRequirements
 	// tlsSecret is the Secret the sidecar serves TLS with ("" plain HTTP).
 	tlsSecret string
+	// h2c proxies to the workload over HTTP/2 cleartext.
+	h2c bool
 }
 
 // inject adds the keygate sidecar to pod as its first init container (a native
@@ -135,6 +137,12 @@ func parseAnnotations(pod *corev1.Pod, cfg Config) (injection, error) {
 	in.resources = res
 	if in.tlsSecret, err = tlsSecret(pod); err != nil {
 		return in, err
+	}
+	if v, ok := ann[keygatev1.AnnotationUpstreamProtocol]; ok {
+		if v != "h2c" {
+			return in, invalid("annotation %s: %q is not a supported protocol (h2c, or no annotation for HTTP/1.1)", keygatev1.AnnotationUpstreamProtocol, v)
+		}
+		in.h2c = true
 	}
 	return in, nil
 }
@@ -279,6 +287,9 @@ func sidecarContainer(in injection, cfg Config) corev1.Container {
 		"--upstream-port=" + strconv.Itoa(int(in.upstreamPort)),
 		"--port=" + strconv.Itoa(int(in.port)),
 		"--admin-port=" + strconv.Itoa(int(AdminPort)),
+	}
+	if in.h2c {
+		args = append(args, "--upstream-protocol=h2c")
 	}
 	var mounts []corev1.VolumeMount
 	if in.tlsSecret != "" {

@@ -339,6 +339,7 @@ func TestInjectRefuses(t *testing.T) {
 		{"reserved container name", newPod(func(p *corev1.Pod) { p.Spec.Containers[0].Name = "keygate-sidecar" }), `container name "keygate-sidecar" is reserved`},
 		{"bad TLS Secret name", newPod(withAnnotation(keygatev1.AnnotationTLSSecret, "Web_TLS")), `annotation keygate.dev/tls-secret: "Web_TLS" is not a valid Secret name`},
 		{"empty TLS Secret name", newPod(withAnnotation(keygatev1.AnnotationTLSSecret, "")), `annotation keygate.dev/tls-secret: "" is not a valid Secret name`},
+		{"unknown upstream protocol", newPod(withAnnotation(keygatev1.AnnotationUpstreamProtocol, "grpc")), `annotation keygate.dev/upstream-protocol: "grpc" is not a supported protocol`},
 		{"reserved TLS volume name", newPod(func(p *corev1.Pod) {
 			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "keygate-tls", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 		}), `volume name "keygate-tls" is reserved`},

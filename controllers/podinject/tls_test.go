@@ -71,6 +71,21 @@ func TestInjectTLSSecret(t *testing.T) {
 	}
 }
 
+func TestInjectUpstreamH2C(t *testing.T) {
+	pod := newPod(withAnnotation(keygatev1.AnnotationUpstreamProtocol, "h2c"))
+	if changed, err := inject(pod, testConfig()); err != nil || !changed {
+		t.Fatalf("inject = %v, %v", changed, err)
+	}
+	want := wantSidecar("8080", "8443", testConfig().Resources)
+	want.Args = append(want.Args, "--upstream-protocol=h2c")
+	if !equality.Semantic.DeepEqual(pod.Spec.InitContainers, []corev1.Container{want}) {
+		t.Fatalf("init containers:\n got %#v\nwant %#v", pod.Spec.InitContainers, want)
+	}
+	if changed, err := inject(pod, testConfig()); err != nil || changed {
+		t.Fatalf("re-admission: %v, %v", changed, err)
+	}
+}
+
 // Through the real API server: the Secret volume and mount as stored (with the
 // API server's defaults), and the stored pod re-admitted unchanged.
 func TestWebhookMountsTLSSecret(t *testing.T) {

@@ -67,6 +67,9 @@ type Options struct {
 	RateLimitSubjects int
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// UpstreamH2C proxies to the workload over HTTP/2 cleartext with prior
+	// knowledge (gRPC servers) instead of HTTP/1.1.
+	UpstreamH2C bool
 	// TLSStatus, when set, reports why the TLS key pair on disk was refused
 	// (the previous pair serving); /readyz shows it without failing.
 	TLSStatus func() error
@@ -124,6 +127,12 @@ func New(o Options) *Server {
 	}
 	s.tokens = tokenendpoint.New(tokenendpoint.Options{Gate: gate{s}, Revoked: o.Revoked, Revocations: o.Revocations, Log: o.Log})
 	rp := newProxy(o.Upstream, s)
+	if o.UpstreamH2C {
+		t := NewTransport()
+		t.Protocols = &http.Protocols{}
+		t.Protocols.SetUnencryptedHTTP2(true)
+		rp.Transport = t
+	}
 	s.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if up := r.Header.Values("Upgrade"); len(up) > 0 {
 			if len(up) == 1 && strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
