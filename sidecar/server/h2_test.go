@@ -1,0 +1,59 @@
+package server
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// h2Front serves the harness's chain over TLS with HTTP/2 (ALPN h2): the
+// listener differs, the chain does not.
+func h2Front(t *testing.T, h *harness) {
+	t.Helper()
+	front := httptest.NewUnstartedServer(h.srv.Handler())
+	front.EnableHTTP2 = true
+	front.StartTLS()
+	t.Cleanup(front.Close)
+	h.front = front
+	resp, err := front.Client().Get(front.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("front speaks %s, want HTTP/2", resp.Proto)
+	}
+}
+
+// TestAttacksOverH2: identity-header stripping (every spelling), path
+// canonicalisation and the generic 401 hold over HTTP/2 as over HTTP/1.1.
+func TestAttacksOverH2(t *testing.T) {
+	f := chargesFixture()
+	h := newHarness(t, f)
+	h2Front(t, h)
+	auth := basic("apk-lake", f.Secrets["apk-lake"])
+
+	r := h.do("GET", "/charges", "", "Authorization", auth,
+		"X-Keygate-Key-Id", "apk-other", "X_Keygate_Key_Id", "apk-other", "x_keygate-permissions", "charges:All", "X-Keygate_Client", "acme")
+	if r.Header.Get("Content-Type") == "" || r.Status != 200 {
+		t.Fatalf("allowed request over h2: %d %s", r.Status, r.Body)
+	}
+	s := r.seen(t)
+	for k, v := range s.Headers {
+		n := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+		if strings.HasPrefix(n, "x-keygate-") && k != HeaderKeyID && k != HeaderPermissions {
+			t.Fatalf("upstream got %s: %v", k, v)
+		}
+	}
+	if strings.Join(s.Headers[HeaderKeyID], ",") != "apk-lake" {
+		t.Fatalf("identity headers over h2: %v", s.Headers)
+	}
+
+	for _, p := range []string{"/reports/../charges", "//charges", "/charges/%2F..", "/./charges"} {
+		if r := h.do("GET", p, "", "Authorization", auth); r.Status != 400 {
+			t.Errorf("unclean path %q over h2: %d %s", p, r.Status, r.Body)
+		}
+	}
+	expect401(t, h.do("GET", "/charges", ""), challenge)
+	expect401(t, h.do("GET", "/charges", "", "Authorization", basic("apk-lake", "wrong")), challenge)
+}
