@@ -1,6 +1,7 @@
 package local
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -79,7 +80,42 @@ func startControlPlane(assetsDir, configDir string) (*controlPlane, error) {
 
 // stop stops the API server and etcd and removes their directories.
 func (cp *controlPlane) stop() error {
-	return cp.env.Stop()
+	// Read before Stop: envtest forgets the directories it made when it stops.
+	var dirs []string
+	if e := cp.env.ControlPlane.Etcd; e != nil {
+		dirs = append(dirs, e.DataDir)
+	}
+	if a := cp.env.ControlPlane.APIServer; a != nil {
+		dirs = append(dirs, a.CertDir)
+	}
+	err := cp.env.Stop()
+	// A process that outlives the stop timeout is killed and its directory
+	// removed at once, racing its last writes: remove again until gone.
+	return errors.Join(err, removeAll(dirs, dirRemoveTimeout))
+}
+
+// dirRemoveTimeout bounds removing the control plane's directories.
+const dirRemoveTimeout = 10 * time.Second
+
+// removeAll removes each directory, retrying while files still appear in it.
+func removeAll(dirs []string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, dir := range dirs {
+		if dir == "" {
+			continue
+		}
+		for {
+			err := os.RemoveAll(dir)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("remove %s: %w", dir, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // webhookAddr is where the API server expects the injection webhook.
