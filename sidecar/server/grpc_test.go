@@ -105,7 +105,9 @@ func TestGRPCThroughTheSidecar(t *testing.T) {
 	}
 
 	// Refusals: no credentials, a missing permission.
-	if _, err := dial(nil).Check(ctx, &healthpb.HealthCheckRequest{Service: "payments"}); status.Code(err) != codes.Unauthenticated {
+	// gRPC-shaped refusals: the status and the HTTP 401's generic wording,
+	// the 403's permission.
+	if _, err := dial(nil).Check(ctx, &healthpb.HealthCheckRequest{Service: "payments"}); status.Code(err) != codes.Unauthenticated || status.Convert(err).Message() != "authentication required" {
 		t.Fatalf("Check without credentials: %v, want Unauthenticated", err)
 	}
 	checkOnly := dial(&basicCreds{"apk-check", f.Secrets["apk-check"]})
@@ -113,7 +115,7 @@ func TestGRPCThroughTheSidecar(t *testing.T) {
 	if err == nil {
 		_, err = s2.Recv()
 	}
-	if status.Code(err) != codes.PermissionDenied {
+	if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != "missing permission health:Watch" {
 		t.Fatalf("Watch without health:Watch: %v, want PermissionDenied", err)
 	}
 }

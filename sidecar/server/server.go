@@ -335,7 +335,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 		if oauth {
 			tokenendpoint.WriteInvalidClient(w, st.rt.Challenge)
 		} else {
-			s.unauthorized(w, st)
+			s.unauthorized(w, r, st)
 		}
 		return nil
 	}
@@ -373,11 +373,19 @@ func (s *Server) withAuthz(next http.Handler) http.Handler {
 		switch d {
 		case authz.MissingPermission:
 			st.result, st.reason = "forbidden", "missing_permission"
+			if isGRPC(r) {
+				writeGRPCStatus(w, grpcPermissionDenied, "missing permission "+perm)
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+perm+`"`)
 			writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Message: "missing permission " + perm, Permission: perm})
 			return
 		case authz.NoRule:
 			st.result, st.reason = "forbidden", "no_rule"
+			if isGRPC(r) {
+				writeGRPCStatus(w, grpcPermissionDenied, "no rule allows this request")
+				return
+			}
 			writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Message: "no rule allows this request"})
 			return
 		}
@@ -429,7 +437,11 @@ type errorBody struct {
 // unauthorizedBody is the one body of every 401 on resources.
 var unauthorizedBody = []byte(`{"error":"unauthorized","message":"authentication required"}` + "\n")
 
-func (s *Server) unauthorized(w http.ResponseWriter, st *request) {
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, st *request) {
+	if isGRPC(r) {
+		writeGRPCStatus(w, grpcUnauthenticated, "authentication required")
+		return
+	}
 	h := w.Header()
 	h.Set("WWW-Authenticate", st.rt.Challenge)
 	h.Set("Content-Type", "application/json")
