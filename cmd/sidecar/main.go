@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "client-side limit of requests per second to the API server (Kubernetes mode; revocations waiting together share one request)")
 	upstreamProto := fs.String("upstream-protocol", "http1", "protocol to the workload: http1, or h2c (HTTP/2 cleartext with prior knowledge, for gRPC servers)")
+	h2c := fs.Bool("h2c", false, "also serve HTTP/2 cleartext with prior knowledge on the plain main listener (gRPC clients without TLS); Upgrade: h2c stays refused")
 	tlsCert := fs.String("tls-cert-file", "", "serve TLS on the main port with this PEM certificate (chain), reloaded on change; needs --tls-key-file")
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
@@ -115,6 +116,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	}
 	if *kubeQPS <= 0 || *kubeBurst <= 0 {
 		problems = append(problems, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst))
+	}
+	if *h2c && *tlsCert != "" {
+		problems = append(problems, errors.New("--h2c is for the plain listener: with --tls-cert-file HTTP/2 is negotiated by ALPN"))
 	}
 	if *upstreamProto != "http1" && *upstreamProto != "h2c" {
 		problems = append(problems, fmt.Errorf("--upstream-protocol %q: use http1 or h2c", *upstreamProto))
@@ -225,6 +229,11 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		main.TLSConfig = certs.TLSConfig()
 		go func() { errc <- main.ServeTLS(mainLn, "", "") }()
 	} else {
+		if *h2c {
+			main.Protocols = &http.Protocols{}
+			main.Protocols.SetHTTP1(true)
+			main.Protocols.SetUnencryptedHTTP2(true)
+		}
 		go func() { errc <- main.Serve(mainLn) }()
 	}
 	go func() { errc <- admin.Serve(adminLn) }()

@@ -145,3 +145,67 @@ func TestUpstreamProtocolFlag(t *testing.T) {
 		t.Fatalf("run with a certificate and no key: %v", err)
 	}
 }
+
+// TestH2CPriorKnowledge: with --h2c the plain listener serves HTTP/2 with
+// prior knowledge through the chain; without it, it does not.
+func TestH2CPriorKnowledge(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "upstream saw "+r.Header.Get("X-Keygate-Key-Id"))
+	}))
+	t.Cleanup(up.Close)
+	f := bundletest.New(bundle.AlgEdDSA)
+	f.Bundle.Policy.Rules = []bundle.Rule{{Paths: []string{"/x"}, Permission: "x:Read"}}
+	f.AddKey("apk-h2c", []string{"x:Read"})
+	bundleFile := filepath.Join(t.TempDir(), "bundle.json")
+	if err := os.WriteFile(bundleFile, f.JSON(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, on := range []bool{true, false} {
+		args := []string{"--bundle-file", bundleFile, "--upstream-port", fmt.Sprint(up.Listener.Addr().(*net.TCPAddr).Port),
+			"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error"}
+		if on {
+			args = append(args, "--h2c")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		addrs := make(chan string, 1)
+		go func() { done <- run(ctx, args, func(main, _ net.Addr) { addrs <- main.String() }) }()
+		var addr string
+		select {
+		case addr = <-addrs:
+		case err := <-done:
+			cancel()
+			t.Fatalf("run: %v", err)
+		}
+		tr := &http.Transport{Protocols: &http.Protocols{}}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		var status int
+		var body string
+		var proto int
+		eventually(t, 20*time.Second, "an answer over h2c", func() bool {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)
+			req.SetBasicAuth("apk-h2c", f.Secrets["apk-h2c"])
+			resp, err := client.Do(req)
+			if err != nil {
+				status = 0
+				return !on // without --h2c the prior-knowledge preface is refused
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			status, body, proto = resp.StatusCode, string(b), resp.ProtoMajor
+			return status == 200
+		})
+		if on && (status != 200 || proto != 2 || body != "upstream saw apk-h2c") {
+			t.Fatalf("--h2c: %d HTTP/%d %q", status, proto, body)
+		}
+		if !on && status != 0 {
+			t.Fatalf("h2c prior knowledge served without --h2c: %d", status)
+		}
+		tr.CloseIdleConnections()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	}
+}
