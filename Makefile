@@ -67,16 +67,26 @@ faults: envtest ## Run the fault suite with the full counts (manager + 3 sidecar
 	KEYGATE_FAULTS=long KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -count=1 -timeout=30m -v ./test/faults
 
 # Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
-FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/server:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
+FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/tokenendpoint:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
 	./sidecar/token:FuzzVerify ./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
 
 .PHONY: fuzz
+# Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
+# exceeded" when -fuzztime ends while a worker is mid-input (golang/go#75804,
+# fixed in Go 1.27): that outcome, with no failing input written and no other
+# failure, is reported and not counted. Every other failure fails the target.
 fuzz: ## Run each fuzz target for FUZZTIME (default 5s) on top of its seed corpus.
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "go test -run='^$$' -fuzz='^$$name$$' -fuzztime=$(FUZZTIME) $$pkg"; \
-		go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
-	done
+		if ! go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg 2>&1 | tee $(BIN)/fuzz.out; then \
+			if grep -qx '    context deadline exceeded' $(BIN)/fuzz.out && ! grep -q 'Failing input written' $(BIN)/fuzz.out \
+				&& [ "$$(grep -c -- '--- FAIL' $(BIN)/fuzz.out)" -eq 1 ]; then \
+				echo "fuzz: $$name stopped by Go's fuzztime race (golang/go#75804), no failing input: not a failure"; \
+			else exit 1; fi; \
+		fi; \
+		if grep -q 'no fuzz tests to fuzz' $(BIN)/fuzz.out; then echo "fuzz: no target $$name in $$pkg" >&2; exit 1; fi; \
+	done; rm -f $(BIN)/fuzz.out
 
 .PHONY: fuzz-long
 fuzz-long: ## Run each fuzz target for 2 minutes (not part of `make test`).
