@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned build tools into bin/ with `go install`; a tool already
 # present at the pinned version is not rebuilt.
-#   hack/tools.sh controller-gen|golangci-lint|helm|kubectl
+#   hack/tools.sh controller-gen|golangci-lint|helm
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/bin"
@@ -10,7 +10,6 @@ mkdir -p "$bin"
 CONTROLLER_TOOLS_VERSION=${CONTROLLER_TOOLS_VERSION:-v0.23.0}
 GOLANGCI_LINT_VERSION=${GOLANGCI_LINT_VERSION:-v2.15.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
-KUBECTL_VERSION=${KUBECTL_VERSION:-v0.37.2}
 
 # install NAME VERSION PACKAGE: go install PACKAGE@VERSION as bin/NAME-VERSION,
 # then point bin/NAME at it, so a version bump rebuilds and nothing else does.
@@ -33,7 +32,6 @@ for tool in "$@"; do
 	controller-gen) install controller-gen "$CONTROLLER_TOOLS_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen ;;
 	golangci-lint) install golangci-lint "$GOLANGCI_LINT_VERSION" github.com/golangci/golangci-lint/v2/cmd/golangci-lint ;;
 	helm) install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
-	kubectl) install kubectl "$KUBECTL_VERSION" k8s.io/kubectl/cmd/kubectl ;;
 	*) echo "hack/tools.sh: unknown tool $tool" >&2; exit 2 ;;
 	esac
 done
