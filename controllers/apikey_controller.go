@@ -246,7 +246,7 @@ func (r *ApiKeyReconciler) newCredentials(ctx context.Context, key *keygatev1.Ap
 			next.Previous = &previousSecret{
 				Digest:    bundle.Digest(hashKey, cur.Secret),
 				Version:   cur.Version,
-				ExpiresAt: now.Add(gracePeriod(key)),
+				ExpiresAt: graceEnd(now, gracePeriod(key)),
 				HashKeyID: hashKeyID(hashKey),
 			}
 		}

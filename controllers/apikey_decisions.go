@@ -76,6 +76,17 @@ func gracePeriod(key *keygatev1.ApiKey) time.Duration {
 	return defaultGracePeriod
 }
 
+// graceEnd is when a previous secret stops working: now + grace, rounded up to
+// the whole second, because the end is stored (Secret annotation, status,
+// bundle) in RFC 3339 seconds and truncating it would end the grace early.
+func graceEnd(now time.Time, grace time.Duration) time.Time {
+	end := now.Add(grace)
+	if t := end.Truncate(time.Second); t.Before(end) {
+		return t.Add(time.Second)
+	}
+	return end
+}
+
 // livePrevious is the previous secret if its grace period still runs at now.
 func livePrevious(cur *credentials, now time.Time) *previousSecret {
 	if cur == nil || cur.Previous == nil || !now.Before(cur.Previous.ExpiresAt) {

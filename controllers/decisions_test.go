@@ -107,6 +107,29 @@ func TestGracePeriod(t *testing.T) {
 	}
 }
 
+func TestGraceEndNeverEarly(t *testing.T) {
+	for _, tc := range []struct {
+		now   time.Time
+		grace time.Duration
+		want  time.Time
+	}{
+		{t0, 2 * time.Second, t0.Add(2 * time.Second)},
+		{t0.Add(300 * time.Millisecond), 2 * time.Second, t0.Add(3 * time.Second)},
+		{t0.Add(999 * time.Millisecond), 24 * time.Hour, t0.Add(24*time.Hour + time.Second)},
+		{t0.Add(time.Nanosecond), time.Second, t0.Add(2 * time.Second)},
+	} {
+		got := graceEnd(tc.now, tc.grace)
+		if !got.Equal(tc.want) {
+			t.Errorf("graceEnd(%s, %s) = %s, want %s", tc.now.Format(time.RFC3339Nano), tc.grace, got.Format(time.RFC3339Nano), tc.want)
+		}
+		// What is stored (RFC 3339 seconds) must not end before now + grace.
+		stored, err := time.Parse(time.RFC3339, got.Format(time.RFC3339))
+		if err != nil || stored.Before(tc.now.Add(tc.grace)) {
+			t.Errorf("stored end %s (%v) is before now + grace %s", stored, err, tc.now.Add(tc.grace).Format(time.RFC3339Nano))
+		}
+	}
+}
+
 func TestRequeueAt(t *testing.T) {
 	if d := requeueAt(t0, time.Time{}, t0.Add(-time.Hour), t0.Add(2*time.Hour), t0.Add(time.Hour)); d != time.Hour {
 		t.Errorf("got %v, want 1h (soonest future time)", d)
