@@ -246,7 +246,7 @@ func (r *ApiKeyReconciler) newCredentials(ctx context.Context, key *keygatev1.Ap
 			next.Previous = &previousSecret{
 				Digest:    bundle.Digest(hashKey, cur.Secret),
 				Version:   cur.Version,
-				ExpiresAt: graceEnd(now, gracePeriod(key)),
+				ExpiresAt: graceEnd(r.Clock.Now(), gracePeriod(key)), // now is truncated to the second
 				HashKeyID: hashKeyID(hashKey),
 			}
 		}
