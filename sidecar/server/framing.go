@@ -95,11 +95,11 @@ func bodyFailure(err error) (status int, reason string, body errorBody) {
 
 // writeBodyFailure answers a request whose body could not be read, and
 // closes the connection: its framing can no longer be trusted.
-func (s *Server) writeBodyFailure(w http.ResponseWriter, st *request, err error) {
+func (s *Server) writeBodyFailure(w http.ResponseWriter, r *http.Request, st *request, err error) {
 	code, reason, body := bodyFailure(err)
 	if st != nil {
 		st.result, st.reason = "bad_request", reason
 	}
 	w.Header().Set("Connection", "close")
-	writeJSON(w, code, body)
+	writeError(w, r, code, body)
 }

@@ -50,7 +50,7 @@ func (s *Server) withRateLimit(next http.Handler) http.Handler {
 				if s.auditDeny(w, r, st, auditRateLimited) {
 					return
 				}
-				s.overLimit(w, st, limit, res, false)
+				s.overLimit(w, r, st, limit, res, false)
 				return
 			}
 		}
@@ -70,7 +70,7 @@ func (s *Server) allowToken(w http.ResponseWriter, st *request, id *authn.Identi
 		return true
 	}
 	s.opts.Metrics.rateLimited(st.rt.Policy.Name, id.KeyID)
-	s.overLimit(w, st, k.RateLimit, res, true)
+	s.overLimit(w, nil, st, k.RateLimit, res, true)
 	return false
 }
 
@@ -78,7 +78,7 @@ func (s *Server) allowToken(w http.ResponseWriter, st *request, id *authn.Identi
 // RateLimit-Policy and RateLimit fields of draft-ietf-httpapi-ratelimit-headers
 // (quota q per window w seconds; r remaining, t seconds until a request is
 // allowed again).
-func (s *Server) overLimit(w http.ResponseWriter, st *request, l quota.Limit, res quota.Result, oauth bool) {
+func (s *Server) overLimit(w http.ResponseWriter, r *http.Request, st *request, l quota.Limit, res quota.Result, oauth bool) {
 	st.result, st.reason = "throttled", "rate_limit"
 	retry := ceilSeconds(res.RetryAfter)
 	h := w.Header()
@@ -89,7 +89,7 @@ func (s *Server) overLimit(w http.ResponseWriter, st *request, l quota.Limit, re
 		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "slow_down", "error_description": "too many token requests for this key"})
 		return
 	}
-	writeJSON(w, http.StatusTooManyRequests, errorBody{Error: "too_many_requests", Message: "rate limit exceeded"})
+	writeError(w, r, http.StatusTooManyRequests, errorBody{Error: "too_many_requests", Message: "rate limit exceeded"})
 }
 
 func ceilSeconds(d time.Duration) int64 {

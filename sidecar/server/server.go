@@ -224,7 +224,7 @@ func (s *Server) withBundle(next http.Handler) http.Handler {
 		if st.rt == nil {
 			st.result, st.reason = "unavailable", "no_bundle"
 			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "unavailable", Message: "no policy bundle loaded yet"})
+			writeError(w, r, http.StatusServiceUnavailable, errorBody{Error: "unavailable", Message: "no policy bundle loaded yet"})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -237,13 +237,13 @@ func (s *Server) withClientAddr(next http.Handler) http.Handler {
 		addr, ok := st.rt.Resolver.Resolve(r)
 		if !ok {
 			st.result, st.reason = "deny", "bad_client_address"
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client address cannot be determined"})
+			writeError(w, r, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client address cannot be determined"})
 			return
 		}
 		st.addr = addr
 		if !cleanPath(r.URL.Path) || encodedSlash(r.URL.RawPath) {
 			st.result, st.reason = "deny", "unclean_path"
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "path is not in canonical form"})
+			writeError(w, r, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "path is not in canonical form"})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -303,7 +303,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 		if s.auditDeny(w, r, st, auditRateLimited) {
 			return nil
 		}
-		s.tooMany(w, st, after)
+		s.tooMany(w, r, st, after)
 		return nil
 	}
 	id, ferr := s.auth.Request(st.rt, r, st.now)
@@ -320,7 +320,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, st *reques
 		if s.auditDeny(w, r, st, auditRateLimited) {
 			return nil
 		}
-		s.tooMany(w, st, after)
+		s.tooMany(w, r, st, after)
 		return nil
 	}
 	if ferr != nil {
@@ -450,11 +450,11 @@ func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, st *reques
 	_, _ = w.Write(unauthorizedBody)
 }
 
-func (s *Server) tooMany(w http.ResponseWriter, st *request, after time.Duration) {
+func (s *Server) tooMany(w http.ResponseWriter, r *http.Request, st *request, after time.Duration) {
 	st.result, st.reason = "throttled", "failure_limit"
 	secs := int(after/time.Second) + 1
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	writeJSON(w, http.StatusTooManyRequests, errorBody{Error: "too_many_requests", Message: "too many failed authentication attempts"})
+	writeError(w, r, http.StatusTooManyRequests, errorBody{Error: "too_many_requests", Message: "too many failed authentication attempts"})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -554,7 +554,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := state(r)
 	if st != nil && st.body != nil {
 		if berr := st.body.readErr(); berr != nil {
-			s.writeBodyFailure(w, st, berr)
+			s.writeBodyFailure(w, r, st, berr)
 			return
 		}
 	}
@@ -563,14 +563,14 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			st.result, st.reason = "client_closed", "canceled"
 		}
 		w.Header().Set("Connection", "close")
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client closed the request"})
+		writeError(w, r, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client closed the request"})
 		return
 	}
 	if st != nil {
 		st.result, st.reason = "error", "upstream"
 	}
 	s.log.Warn("Upstream request failed", "error", err)
-	writeJSON(w, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
+	writeError(w, r, http.StatusBadGateway, errorBody{Error: "bad_gateway", Message: "upstream unavailable"})
 }
 
 // reservedHeader reports whether an inbound header name is X-Keygate-* in

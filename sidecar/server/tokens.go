@@ -30,11 +30,11 @@ func (g gate) Authenticate(w http.ResponseWriter, r *http.Request, oauth bool) *
 func (g gate) Blocked(w http.ResponseWriter, r *http.Request, keyID string) bool {
 	st := state(r)
 	if blocked, after := g.s.byAddr.Blocked(st.addr.String(), st.now); blocked {
-		g.s.tooMany(w, st, after)
+		g.s.tooMany(w, r, st, after)
 		return true
 	}
 	if blocked, after := g.s.byKey.Blocked(keyID, st.now); blocked {
-		g.s.tooMany(w, st, after)
+		g.s.tooMany(w, r, st, after)
 		return true
 	}
 	return false
