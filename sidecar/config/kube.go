@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -56,6 +57,11 @@ type Kubernetes struct {
 	mu         sync.Mutex
 	health     map[string]error
 	lastBroken time.Time // last failed list or watch call
+
+	// applyMu orders the bundle applies of the watch and of the probe;
+	// appliedRV is the resourceVersion of the bundle Secret last applied.
+	applyMu   sync.Mutex
+	appliedRV string
 }
 
 // report records the outcome of one list or watch call of what and passes
@@ -138,7 +144,20 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	return nil
 }
 
+// applySecret installs the bundle of s unless a newer version of the Secret
+// is in force already. The watch and the probe both read the Secret: a probe
+// GET answered just before the watch delivered the next version (say, the one
+// that drops a disabled key) arrives after it, and installing it would put
+// the old bundle back in force until the Secret next changes. Versions are
+// ordered by resourceVersion (an integer on every Kubernetes API server,
+// resourceversion.CompareResourceVersion); versions that cannot be compared
+// are applied in the order they arrive.
 func (k *Kubernetes) applySecret(s *corev1.Secret) {
+	k.applyMu.Lock()
+	defer k.applyMu.Unlock()
+	if !newerVersion(s.ResourceVersion, k.appliedRV) {
+		return
+	}
 	data, ok := s.Data[bundle.SecretDataKey]
 	if !ok {
 		k.Log.Error("Bundle Secret has no bundle; the last good one stays in force", "secret", s.Name, "key", bundle.SecretDataKey)
@@ -150,10 +169,25 @@ func (k *Kubernetes) applySecret(s *corev1.Secret) {
 		k.Log.Error("Rejected bundle; the last good one stays in force", "secret", s.Name, "error", err)
 		return
 	}
+	k.appliedRV = s.ResourceVersion
 	if rt == prev {
 		return
 	}
 	k.Log.Info("Loaded bundle", "secret", s.Name, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
+}
+
+// newerVersion reports whether resourceVersion rv is to be applied over cur,
+// the one in force ("" for none): when it is greater, or when the two cannot
+// be compared and differ.
+func newerVersion(rv, cur string) bool {
+	if cur == "" {
+		return true
+	}
+	c, err := resourceversion.CompareResourceVersion(rv, cur)
+	if err != nil {
+		return rv != cur
+	}
+	return c > 0
 }
 
 // probeInterval is how often, while a watch is failing, the objects are
