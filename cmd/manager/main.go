@@ -18,6 +18,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -72,7 +73,11 @@ func run(ctx context.Context, args []string) error {
 	if *kubeQPS <= 0 || *kubeBurst <= 0 {
 		return fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst)
 	}
-	ctrl.SetLogger(controllers.CapVerbosity(zap.New(zap.UseFlagOptions(&zapOpts))))
+	logger := controllers.QuietConflicts(controllers.CapVerbosity(zap.New(zap.UseFlagOptions(&zapOpts))))
+	ctrl.SetLogger(logger)
+	// client-go (leader election among others) logs through klog: the same
+	// sink, so its expected conflicts are quiet too and its lines are JSON.
+	klog.SetLogger(logger)
 	log := ctrl.Log.WithName("setup")
 
 	scheme := runtime.NewScheme()
@@ -116,6 +121,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	mgr = readyzWaiter{mgr} // the startup probe's /readyz?wait=
 	if err := mgr.Add(contact); err != nil {
 		return fmt.Errorf("add API server probe: %w", err)
 	}

@@ -63,35 +63,11 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	g.Expect(c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keygate-system"}})).To(Succeed())
 	g.Expect(c.Create(context.Background(), webhookConfiguration(t))).To(Succeed())
 
-	// The webhook port must be fixed: controller-runtime's webhook readiness
-	// check dials the configured port, so port 0 cannot be used there. A port
-	// taken between freeAddr and the bind makes the manager exit with
-	// "address already in use", and the loop below tries another port.
 	ctx := context.Background()
-	var probeAddr, metricsAddr string
 	started := time.Now()
-	for attempt := 0; ; attempt++ {
-		webhookHost, webhookPort, err := net.SplitHostPort(freeAddr(t))
-		g.Expect(err).NotTo(HaveOccurred())
-		m := startManagerProcess(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=127.0.0.1:0",
-			"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace=default",
-			"--watch-namespaces=default", "--webhook-service-namespace=keygate-system",
-			"--webhook-host="+webhookHost, "--webhook-port="+webhookPort, "--webhook-cert-dir="+t.TempDir())
-		probeAddr, metricsAddr, err = m.addrs(t)
-		if err != nil && !m.exited() {
-			t.Fatalf("manager addresses: %v\n%s", err, m.log())
-		}
-		if err == nil {
-			g.Eventually(func() bool { return m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
-				Should(BeTrue(), "manager ready or exited")
-		}
-		if !m.exited() {
-			break
-		}
-		if attempt == 3 || !strings.Contains(m.log(), "address already in use") {
-			t.Fatalf("manager exited: %v\n%s", err, m.log())
-		}
-	}
+	_, probeAddr, metricsAddr := startReadyManager(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=127.0.0.1:0",
+		"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace=default",
+		"--watch-namespaces=default", "--webhook-service-namespace=keygate-system", "--webhook-cert-dir="+t.TempDir())
 	t.Logf("manager ready %v after start (envtest)", time.Since(started).Round(time.Millisecond))
 	g.Expect(status("http://" + probeAddr + "/healthz")).To(Equal(http.StatusOK))
 
@@ -108,6 +84,35 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 		ContainSubstring(`keygate_rotations_total{trigger="manual"} 0`),
 		ContainSubstring(`controller_runtime_reconcile_total{controller="apikey"`),
 	))
+}
+
+// startReadyManager starts the manager with args plus a webhook address and
+// waits until /readyz passes. The webhook port must be fixed: controller-
+// runtime's webhook readiness check dials the configured port, so port 0
+// cannot be used there. A port taken between freeAddr and the bind makes the
+// manager exit with "address already in use", and another port is tried.
+func startReadyManager(t *testing.T, args ...string) (m *managerProcess, probeAddr, metricsAddr string) {
+	t.Helper()
+	g := NewWithT(t)
+	for attempt := 0; ; attempt++ {
+		webhookHost, webhookPort, err := net.SplitHostPort(freeAddr(t))
+		g.Expect(err).NotTo(HaveOccurred())
+		m = startManagerProcess(t, append(slices.Clone(args), "--webhook-host="+webhookHost, "--webhook-port="+webhookPort)...)
+		probeAddr, metricsAddr, err = m.addrs(t)
+		if err != nil && !m.exited() {
+			t.Fatalf("manager addresses: %v\n%s", err, m.log())
+		}
+		if err == nil {
+			g.Eventually(func() bool { return m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
+				Should(BeTrue(), "manager ready or exited")
+		}
+		if !m.exited() {
+			return m, probeAddr, metricsAddr
+		}
+		if attempt == 3 || !strings.Contains(m.log(), "address already in use") {
+			t.Fatalf("manager exited: %v\n%s", err, m.log())
+		}
+	}
 }
 
 // webhookConfiguration reads the MutatingWebhookConfiguration of config/webhook.

@@ -88,9 +88,6 @@ func Setup(mgr ctrl.Manager, opts Options) (healthz.Checker, error) {
 	if opts.Secret.Name == "" || opts.Secret.Namespace == "" || opts.DNSName == "" || opts.WebhookConfigName == "" || opts.CertDir == "" {
 		return nil, errors.New("webhook certificate: secret, DNS name, webhook configuration name and cert directory are required")
 	}
-	if err := ensureSecret(mgr, opts.Secret); err != nil {
-		return nil, err
-	}
 	ready := make(chan struct{})
 	cr := &rotator.CertRotator{
 		SecretKey:              opts.Secret,
@@ -109,8 +106,11 @@ func Setup(mgr ctrl.Manager, opts Options) (healthz.Checker, error) {
 		CaCertDuration:         opts.CACertDuration,
 		ControllerName:         "keygate-webhookcert",
 	}
-	if err := rotator.AddRotator(mgr, cr); err != nil {
+	if err := rotator.AddRotator(mgr, cr); err != nil { // also fills in cr's defaults
 		return nil, fmt.Errorf("add certificate rotator: %w", err)
+	}
+	if err := seedSecret(mgr, cr); err != nil {
+		return nil, err
 	}
 	if err := addCertDirWriter(mgr, opts); err != nil {
 		return nil, err
@@ -125,26 +125,77 @@ func Setup(mgr ctrl.Manager, opts Options) (healthz.Checker, error) {
 	}, nil
 }
 
-// ensureSecret creates the (empty) certificate Secret when it is missing:
-// the rotator fills it but does not create it.
-func ensureSecret(mgr ctrl.Manager, key types.NamespacedName) error {
+// seedSecret makes sure the certificate Secret holds a CA and a serving
+// certificate before the rotator starts: it creates the Secret filled, or
+// fills an empty one (the chart and config/ create it empty). Replicas
+// starting together race here, not in the rotator: a create or update is
+// atomic, the loser sees the winner's certificate and keeps it. Without this
+// every fresh start logged the rotator's conflicts and "missing ca.crt".
+func seedSecret(mgr ctrl.Manager, cr *rotator.CertRotator) error {
 	c, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
 	if err != nil {
 		return fmt.Errorf("create client: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: key.Name, Namespace: key.Namespace,
-			Labels: map[string]string{keygatev1.LabelManagedBy: keygatev1.ManagedByValue},
-		},
-		Type: corev1.SecretTypeOpaque,
+	key := cr.SecretKey
+	for attempt := 0; ; attempt++ {
+		s := &corev1.Secret{}
+		err := c.Get(ctx, key, s)
+		switch {
+		case apierrors.IsNotFound(err):
+			s = &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{
+					Name: key.Name, Namespace: key.Namespace,
+					Labels: map[string]string{keygatev1.LabelManagedBy: keygatev1.ManagedByValue},
+				},
+				Type: corev1.SecretTypeOpaque,
+			}
+			if s.Data, err = newCertData(cr); err != nil {
+				return err
+			}
+			err = c.Create(ctx, s)
+		case err != nil:
+			return fmt.Errorf("read webhook certificate Secret %s: %w", key, err)
+		case len(s.Data[caCertKey]) > 0:
+			return nil // filled (by another replica, or an earlier run): the rotator checks and renews it
+		default:
+			if s.Data, err = newCertData(cr); err != nil {
+				return err
+			}
+			err = c.Update(ctx, s)
+		}
+		switch {
+		case err == nil:
+			return nil
+		case (apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err)) && attempt < 5:
+			continue // another replica was first: read what it wrote
+		default:
+			return fmt.Errorf("write webhook certificate Secret %s: %w", key, err)
+		}
 	}
-	if err := c.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create webhook certificate Secret %s: %w", key, err)
+}
+
+// Keys of the certificate Secret, as cert-controller's rotator reads them.
+const (
+	caCertKey = "ca.crt"
+	caKeyKey  = "ca.key"
+)
+
+// newCertData makes a CA and a serving certificate signed by it with the
+// rotator's own settings, so the rotator accepts them as they are.
+func newCertData(cr *rotator.CertRotator) (map[string][]byte, error) {
+	now := time.Now()
+	begin := now.Add(-time.Hour) // as the rotator does: tolerate clock skew
+	ca, err := cr.CreateCACert(begin, now.Add(cr.CaCertDuration))
+	if err != nil {
+		return nil, fmt.Errorf("create webhook CA: %w", err)
 	}
-	return nil
+	cert, key, err := cr.CreateCertPEM(ca, begin, now.Add(cr.ServerCertDuration))
+	if err != nil {
+		return nil, fmt.Errorf("create webhook serving certificate: %w", err)
+	}
+	return map[string][]byte{caCertKey: ca.CertPEM, caKeyKey: ca.KeyPEM, cr.CertName: cert, cr.KeyName: key}, nil
 }
 
 // checkCertDir tells whether CertDir holds a key pair whose certificate is valid now.

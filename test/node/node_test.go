@@ -49,6 +49,7 @@ func TestNode(t *testing.T) {
 		{"sidecar rbac", testSidecarRBAC},
 		{"upgrade", testUpgrade},
 		{"uninstall", testUninstall},
+		{"kustomize", testKustomize},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, s.fn) {
@@ -80,6 +81,7 @@ func testInstall(t *testing.T) {
 		g.Expect(mwc.Webhooks).To(HaveLen(1))
 		g.Expect(mwc.Webhooks[0].ClientConfig.CABundle).NotTo(BeEmpty(), "caBundle filled by the manager")
 	}, timeout, interval).Should(Succeed())
+	checkQuietStart(t)
 }
 
 // 2. The samples, and a Deployment of the demo upstream labelled for
