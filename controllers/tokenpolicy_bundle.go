@@ -56,6 +56,7 @@ func resolvePolicy(p *keygatev1.TokenPolicy) bundle.Policy {
 		Grants: orDefault(toStrings(s.Grants),
 			string(keygatev1.GrantAPIKey), string(keygatev1.GrantClientCredentials), string(keygatev1.GrantClientToken)),
 		TokenPaths:     orDefault(toStrings(s.TokenEndpoint.Paths), "/api/token", "/oauth/token", "/token"),
+		RequireTLS:     s.TokenEndpoint.RequireTLS,
 		AllowedCIDRs:   toStrings(s.AllowedCIDRs),
 		TrustedProxies: toStrings(s.TrustedProxies),
 		PublicPaths:    orDefault(toStrings(s.PublicPaths), "/healthz"),

@@ -53,3 +53,26 @@ func TestBundleCarriesEnforcementAndRateLimits(t *testing.T) {
 		g.Expect(policyStatus(g, ns, "p").Enforcement).To(Equal(keygatev1.EnforcementEnforce))
 	}, timeout, interval).Should(Succeed())
 }
+
+// TestBundleCarriesRequireTLS: tokenEndpoint.requireTLS reaches the bundle,
+// and is left out of it when false (existing bundles keep their bytes).
+func TestBundleCarriesRequireTLS(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
+	policy := newPolicy(ns, "p", func(p *keygatev1.TokenPolicy) { p.Spec.TokenEndpoint.RequireTLS = true })
+	create(t, policy)
+	g.Eventually(func(g Gomega) {
+		b, raw := bundleOf(g, ns, "p")
+		g.Expect(b.Policy.RequireTLS).To(BeTrue())
+		g.Expect(string(raw)).To(ContainSubstring(`"requireTLS":true`))
+	}, timeout, interval).Should(Succeed())
+
+	g.Expect(k8sClient.Patch(context.Background(), policy,
+		client.RawPatch(types.MergePatchType, []byte(`{"spec":{"tokenEndpoint":{"requireTLS":false}}}`)))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		b, raw := bundleOf(g, ns, "p")
+		g.Expect(b.Policy.RequireTLS).To(BeFalse())
+		g.Expect(string(raw)).NotTo(ContainSubstring("requireTLS"))
+	}, timeout, interval).Should(Succeed())
+}

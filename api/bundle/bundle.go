@@ -81,6 +81,9 @@ type Policy struct {
 	Enforcement string `json:"enforcement,omitempty"`
 	// RateLimit is the default request rate limit of the policy's keys.
 	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+	// RequireTLS refuses token issuance over plain HTTP (left out when false,
+	// so that existing bundles keep their bytes).
+	RequireTLS bool `json:"requireTLS,omitempty"`
 }
 
 // RateLimit is a token bucket: Burst requests at once, refilled at Requests

@@ -114,6 +114,15 @@ type TokenEndpoint struct {
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=8
 	Paths []URLPath `json:"paths,omitempty"`
+
+	// requireTLS refuses to issue tokens over plain HTTP: the token paths
+	// answer 400 invalid_request ("the token endpoint requires HTTPS") unless
+	// the request reached the sidecar over TLS (annotation
+	// keygate.dev/tls-secret) or came from a trustedProxies peer with
+	// X-Forwarded-Proto: https. Defaults to false, so that existing policies
+	// keep working.
+	// +optional
+	RequireTLS bool `json:"requireTLS,omitempty"`
 }
 
 // Rule grants requests that match its methods and paths to callers holding its permission.
@@ -188,7 +197,8 @@ type TokenPolicySpec struct {
 	// +kubebuilder:validation:MaxItems=4
 	Grants []GrantType `json:"grants,omitempty"`
 
-	// tokenEndpoint configures the token endpoint's paths.
+	// tokenEndpoint configures the token endpoint's paths and whether it
+	// requires TLS.
 	// +optional
 	// +kubebuilder:default={}
 	TokenEndpoint TokenEndpoint `json:"tokenEndpoint,omitempty"`

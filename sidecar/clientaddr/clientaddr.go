@@ -69,6 +69,33 @@ func (r *Resolver) Resolve(req *http.Request) (netip.Addr, bool) {
 	return addr, true
 }
 
+// Secure reports whether req reached the client over HTTPS: it came over
+// TLS, or its socket peer is a trusted proxy and every X-Forwarded-Proto
+// value it sent is "https" (a proxy that appends to a client's own header
+// shows its "http" after the client's "https"). The header of any other peer
+// is ignored: a client cannot claim HTTPS.
+func (r *Resolver) Secure(req *http.Request) bool {
+	if req.TLS != nil {
+		return true
+	}
+	peer, ok := Peer(req.RemoteAddr)
+	if !ok || len(r.Trusted) == 0 || !r.trusted(peer) {
+		return false
+	}
+	values := req.Header.Values("X-Forwarded-Proto")
+	if len(values) == 0 {
+		return false
+	}
+	for _, v := range values {
+		for _, p := range strings.Split(v, ",") {
+			if !strings.EqualFold(strings.TrimSpace(p), "https") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // Allowed reports whether a lies in every non-empty list of prefixes.
 func Allowed(a netip.Addr, lists ...[]netip.Prefix) bool {
 	for _, l := range lists {

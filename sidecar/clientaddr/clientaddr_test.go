@@ -1,6 +1,7 @@
 package clientaddr
 
 import (
+	"crypto/tls"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -52,5 +53,43 @@ func TestAllowedAndWithin(t *testing.T) {
 	}
 	if l := p("::ffff:10.0.0.0/104"); l[0].String() != "10.0.0.0/8" {
 		t.Fatalf("mapped prefix: %v", l)
+	}
+}
+
+func TestSecure(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	for _, tc := range []struct {
+		name, remote string
+		tls          bool
+		proto        []string
+		trusted      []netip.Prefix
+		want         bool
+	}{
+		{"TLS", "192.0.2.1:5", true, nil, nil, true},
+		{"plain", "192.0.2.1:5", false, nil, nil, false},
+		{"header without trusted proxies", "10.0.0.1:5", false, []string{"https"}, nil, false},
+		{"header from an untrusted peer", "192.0.2.1:5", false, []string{"https"}, trusted, false},
+		{"trusted peer, https", "10.0.0.1:5", false, []string{"https"}, trusted, true},
+		{"trusted IPv4-mapped peer", "[::ffff:10.0.0.1]:5", false, []string{"HTTPS"}, trusted, true},
+		{"trusted peer, no header", "10.0.0.1:5", false, nil, trusted, false},
+		{"trusted peer, http", "10.0.0.1:5", false, []string{"http"}, trusted, false},
+		{"appended http", "10.0.0.1:5", false, []string{"https, http"}, trusted, false},
+		{"every hop https", "10.0.0.1:5", false, []string{"https,https", "https"}, trusted, true},
+		{"empty value", "10.0.0.1:5", false, []string{""}, trusted, false},
+		{"bad peer", "nonsense", false, []string{"https"}, trusted, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &http.Request{RemoteAddr: tc.remote, Header: http.Header{}}
+			if tc.tls {
+				req.TLS = &tls.ConnectionState{}
+			}
+			for _, v := range tc.proto {
+				req.Header.Add("X-Forwarded-Proto", v)
+			}
+			r := &Resolver{Trusted: tc.trusted}
+			if got := r.Secure(req); got != tc.want {
+				t.Fatalf("Secure = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

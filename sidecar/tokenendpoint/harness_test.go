@@ -44,6 +44,8 @@ type harness struct {
 	fix   *bundletest.Fixture
 	store *config.Store
 	front *httptest.Server
+	// handler is the sidecar's chain the front serves.
+	handler http.Handler
 }
 
 func newHarness(t *testing.T, fix *bundletest.Fixture) *harness {
@@ -58,7 +60,8 @@ func newHarness(t *testing.T, fix *bundletest.Fixture) *harness {
 	u, _ := url.Parse(up.URL)
 	srv := server.New(server.Options{Store: h.store, Revoked: revocation.NewSet(), Upstream: u,
 		Metrics: server.NewMetrics(h.store), FailureLimit: 1000, Log: slog.New(slog.DiscardHandler)})
-	h.front = httptest.NewServer(srv.Handler())
+	h.handler = srv.Handler()
+	h.front = httptest.NewServer(h.handler)
 	t.Cleanup(h.front.Close)
 	return h
 }

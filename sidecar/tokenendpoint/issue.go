@@ -76,9 +76,20 @@ func (e *Endpoint) authSecret(w http.ResponseWriter, r *http.Request, call Call,
 	return id, true
 }
 
+// tlsRequired is the answer of a token path over plain HTTP when the policy
+// sets tokenEndpoint.requireTLS.
+var tlsRequired = invalidRequest("the token endpoint requires HTTPS")
+
 func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request, call Call) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
+	if rt := call.Runtime(); rt.Policy.RequireTLS && !rt.Resolver.Secure(r) {
+		// Refused before the body is read: no credentials are checked and no
+		// token crosses the plain connection.
+		call.SetResult("token_error", "tls_required")
+		e.oauthFail(w, call, tlsRequired)
+		return
+	}
 	tr, ok := e.readBody(w, r, call)
 	if !ok {
 		return
