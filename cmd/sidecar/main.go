@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	h2c := fs.Bool("h2c", false, "also serve HTTP/2 cleartext with prior knowledge on the plain main listener (gRPC clients without TLS); Upgrade: h2c stays refused")
 	tlsCert := fs.String("tls-cert-file", "", "serve TLS on the main port with this PEM certificate (chain), reloaded on change; needs --tls-key-file")
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
+	tlsClientCA := fs.String("tls-client-ca-file", "", "require client certificates signed by these PEM CAs on the TLS listener, reloaded on change; the verified subject goes to the workload in "+server.HeaderClientCertSubject+" (needs --tls-cert-file)")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -125,6 +126,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		problems = append(problems, errors.New("--tls-cert-file and --tls-key-file go together"))
+	}
+	if *tlsClientCA != "" && *tlsCert == "" {
+		problems = append(problems, errors.New("--tls-client-ca-file needs --tls-cert-file: client certificates are verified by the TLS listener"))
 	}
 	if *revFile != "" && *bundleFile == "" {
 		problems = append(problems, errors.New("--revocations-file needs --bundle-file"))
@@ -202,10 +206,22 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		metrics.Registry.MustRegister(certs.Collector())
 		tlsStatus = certs.Err
 	}
+	var clientCAs *servingcert.ClientCAs
+	var clientCAStatus func() error
+	if *tlsClientCA != "" {
+		var err error
+		if clientCAs, err = servingcert.NewClientCAs(*tlsClientCA, servingcert.DefaultInterval); err != nil {
+			return err
+		}
+		go func() { _ = clientCAs.Start(srcCtx) }()
+		metrics.Registry.MustRegister(clientCAs.Collector())
+		clientCAStatus = clientCAs.Err
+	}
 	upstream := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(*upstreamPort))}
 	srv := server.New(server.Options{Store: store, Revoked: revoked, Revocations: revStore, Upstream: upstream,
 		Log: log, Metrics: metrics, FailureLimit: *failureLimit, Usage: recorder, TLSStatus: tlsStatus,
-		UpstreamH2C: *upstreamProto == "h2c"})
+		ClientCAStatus: clientCAStatus,
+		UpstreamH2C:    *upstreamProto == "h2c"})
 	t := server.DefaultTimeouts
 	t.Read, t.Write = *readTimeout, *writeTimeout
 	main := server.NewHTTPServer(srv.Handler(), t)
@@ -227,6 +243,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	if certs != nil {
 		// ServeTLS adds HTTP/2 (ALPN h2) to the same handler and chain.
 		main.TLSConfig = certs.TLSConfig()
+		if clientCAs != nil {
+			clientCAs.Require(main.TLSConfig)
+		}
 		go func() { errc <- main.ServeTLS(mainLn, "", "") }()
 	} else {
 		if *h2c {
@@ -240,7 +259,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	if listening != nil {
 		listening(mainLn.Addr(), adminLn.Addr())
 	}
-	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "tls", certs != nil, "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
+	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "tls", certs != nil, "clientCerts", clientCAs != nil, "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
 
 	select {
 	case err := <-errc:

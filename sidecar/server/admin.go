@@ -67,6 +67,11 @@ func AdminHandler(s *Server, store *config.Store, m *Metrics, opts ...AdminOptio
 					detail += "TLS key pair on disk refused (previous stays in force): " + err.Error() + "\n"
 				}
 			}
+			if s.opts.ClientCAStatus != nil {
+				if err := s.opts.ClientCAStatus(); err != nil {
+					detail += "TLS client CA file on disk refused (previous stays in force): " + err.Error() + "\n"
+				}
+			}
 		}
 		w.WriteHeader(code)
 		_, _ = w.Write([]byte(detail))

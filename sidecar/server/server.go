@@ -73,6 +73,9 @@ type Options struct {
 	// TLSStatus, when set, reports why the TLS key pair on disk was refused
 	// (the previous pair serving); /readyz shows it without failing.
 	TLSStatus func() error
+	// ClientCAStatus, when set, reports why the client CA file on disk was
+	// refused (the previous CAs in force); /readyz shows it without failing.
+	ClientCAStatus func() error
 }
 
 // Server handles the sidecar's main listener.
@@ -538,6 +541,9 @@ func newProxy(upstream *url.URL, s *Server) *httputil.ReverseProxy {
 						h[HeaderClient] = []string{id.Client}
 					}
 				}
+			}
+			if v := clientCertSubject(pr.In.TLS); v != "" {
+				h[HeaderClientCertSubject] = []string{v}
 			}
 		},
 		Transport:    NewTransport(),
