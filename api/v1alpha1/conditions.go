@@ -70,4 +70,11 @@ const (
 	// AnnotationUpstreamProtocol is "h2c" for a workload that speaks HTTP/2
 	// cleartext (gRPC servers); absent, the sidecar proxies HTTP/1.1.
 	AnnotationUpstreamProtocol = "keygate.dev/upstream-protocol"
+	// AnnotationTLSClientCA names a ConfigMap in the pod's namespace whose
+	// key ca.crt holds the PEM CAs client certificates must chain to (needs
+	// AnnotationTLSSecret).
+	AnnotationTLSClientCA = "keygate.dev/tls-client-ca"
+	// AnnotationH2C is "true" to serve HTTP/2 cleartext with prior knowledge
+	// on the sidecar's plain listener (not with AnnotationTLSSecret).
+	AnnotationH2C = "keygate.dev/h2c"
 )

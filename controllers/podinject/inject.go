@@ -32,8 +32,13 @@ type injection struct {
 	resources    corev1.ResourceRequirements
 	// tlsSecret is the Secret the sidecar serves TLS with ("" plain HTTP).
 	tlsSecret string
+	// clientCA is the ConfigMap of the CAs client certificates must chain to
+	// ("" no client certificates).
+	clientCA string
 	// h2c proxies to the workload over HTTP/2 cleartext.
 	h2c bool
+	// h2cListener serves HTTP/2 cleartext with prior knowledge on the plain listener.
+	h2cListener bool
 }
 
 // inject adds the keygate sidecar to pod as its first init container (a native
@@ -65,7 +70,7 @@ func inject(pod *corev1.Pod, cfg Config) (changed bool, err error) {
 		inits[0].VolumeMounts = append(append([]corev1.VolumeMount(nil), want.VolumeMounts...), others...)
 	}
 	// The volume is checked on a copy: an unchanged pod is left alone.
-	if setTLSVolume(pod.DeepCopy(), in.tlsSecret) {
+	if setTLSVolumes(pod.DeepCopy(), in) {
 		changed = true
 	}
 	if pod.Annotations[keygatev1.AnnotationInjected] != cfg.Version {
@@ -75,7 +80,7 @@ func inject(pod *corev1.Pod, cfg Config) (changed bool, err error) {
 		return false, nil
 	}
 	pod.Spec.InitContainers = inits
-	setTLSVolume(pod, in.tlsSecret)
+	setTLSVolumes(pod, in)
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
@@ -135,8 +140,23 @@ func parseAnnotations(pod *corev1.Pod, cfg Config) (injection, error) {
 		return in, err
 	}
 	in.resources = res
+	if err := checkReservedVolumes(pod); err != nil {
+		return in, err
+	}
 	if in.tlsSecret, err = tlsSecret(pod); err != nil {
 		return in, err
+	}
+	if in.clientCA, err = clientCA(pod, in.tlsSecret); err != nil {
+		return in, err
+	}
+	if v, ok := ann[keygatev1.AnnotationH2C]; ok {
+		switch {
+		case v != "true" && v != "false":
+			return in, invalid("annotation %s: %q is neither \"true\" nor \"false\"", keygatev1.AnnotationH2C, v)
+		case v == "true" && in.tlsSecret != "":
+			return in, invalid("annotation %s: prior-knowledge h2c is for the plain listener; with %s clients get HTTP/2 by ALPN", keygatev1.AnnotationH2C, keygatev1.AnnotationTLSSecret)
+		}
+		in.h2cListener = v == "true"
 	}
 	if v, ok := ann[keygatev1.AnnotationUpstreamProtocol]; ok {
 		if v != "h2c" {
@@ -254,7 +274,7 @@ func resourceAnnotations(name corev1.ResourceName) []string {
 // owned is the part of an injected container that keygate sets, for
 // comparing with sidecarContainer: everything but what other admission
 // plugins add to every container (volume mounts and devices). keygate's own
-// mount (the TLS Secret's) is compared apart (keygateMounts).
+// mounts (the TLS Secret's and client CA's) are compared apart (keygateMounts).
 func owned(c corev1.Container) corev1.Container {
 	c.VolumeMounts, c.VolumeDevices = nil, nil
 	return c
@@ -291,11 +311,11 @@ func sidecarContainer(in injection, cfg Config) corev1.Container {
 	if in.h2c {
 		args = append(args, "--upstream-protocol=h2c")
 	}
-	var mounts []corev1.VolumeMount
-	if in.tlsSecret != "" {
-		args = append(args, tlsArgs()...)
-		mounts = []corev1.VolumeMount{tlsMount()}
+	if in.h2cListener {
+		args = append(args, "--h2c")
 	}
+	args = append(args, tlsArgs(in)...)
+	mounts := tlsMounts(in)
 	return corev1.Container{
 		Name:            ContainerName,
 		Image:           cfg.Image,

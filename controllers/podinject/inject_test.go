@@ -343,6 +343,16 @@ func TestInjectRefuses(t *testing.T) {
 		{"reserved TLS volume name", newPod(func(p *corev1.Pod) {
 			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "keygate-tls", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 		}), `volume name "keygate-tls" is reserved`},
+		{"reserved client CA volume name", newPod(func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "keygate-client-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "x"}}}})
+		}), `volume name "keygate-client-ca" is reserved`},
+		{"bad client CA name", newPod(withAnnotation(keygatev1.AnnotationTLSSecret, "web-tls"), withAnnotation(keygatev1.AnnotationTLSClientCA, "Client CA")),
+			`annotation keygate.dev/tls-client-ca: "Client CA" is not a valid ConfigMap name`},
+		{"client CA without TLS", newPod(withAnnotation(keygatev1.AnnotationTLSClientCA, "clients-ca")),
+			`annotation keygate.dev/tls-client-ca needs keygate.dev/tls-secret`},
+		{"bad h2c value", newPod(withAnnotation(keygatev1.AnnotationH2C, "yes")), `annotation keygate.dev/h2c: "yes" is neither "true" nor "false"`},
+		{"h2c with TLS", newPod(withAnnotation(keygatev1.AnnotationH2C, "true"), withAnnotation(keygatev1.AnnotationTLSSecret, "web-tls")),
+			`annotation keygate.dev/h2c: prior-knowledge h2c is for the plain listener`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
