@@ -158,5 +158,5 @@ bench-peers: ## Benchmark keygate against HAProxy, nginx and a Go ReverseProxy (
 	go test -tags peers -run='^$$' -bench=BenchmarkPeers -benchtime=1x -count=1 -timeout=15m ./test/bench/peers
 
 .PHONY: bench-sidecar
-bench-sidecar: ## Benchmark the sidecar: req/s, p50/p99 and ratio to a plain reverse proxy; token issuance; RSS.
+bench-sidecar: ## Benchmark the sidecar: req/s, p50/p99 and ratio to a plain reverse proxy; TLS/h2/h2c listeners (req/s, CPU per request); token issuance; RSS.
 	go test -run='^$$' -bench=. -benchmem -count=1 -timeout=20m ./test/bench/sidecar

@@ -97,6 +97,11 @@ func load(b *testing.B, target string, n int, header ...string) (rps float64, p5
 func loadRaw(b *testing.B, target string, n int, header ...string) ([]time.Duration, time.Duration) {
 	c := client()
 	defer c.CloseIdleConnections()
+	return loadWith(b, c, target, n, header...)
+}
+
+// loadWith sends n requests with c from workers goroutines.
+func loadWith(b *testing.B, c *http.Client, target string, n int, header ...string) ([]time.Duration, time.Duration) {
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var failed atomic.Int64
@@ -313,35 +318,61 @@ func BenchmarkIssueHTTP(b *testing.B) {
 // BenchmarkRSS runs the sidecar binary in file mode and reports its resident
 // memory idle and after a bounded load.
 func BenchmarkRSS(b *testing.B) {
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "sidecar")
+	bin := buildSidecar(b)
+	f := fixture(bundle.AlgEdDSA)
+	up := upstream(b)
+	started := time.Now()
+	sc := startSidecar(b, bin, f, up)
+	b.ReportMetric(float64(time.Since(started).Milliseconds()), "startup-ms")
+	time.Sleep(200 * time.Millisecond)
+	b.ReportMetric(rssMiB(b, sc.pid), "idle-RSS-MiB")
+	target := "http://" + sc.main + "/charges"
+	load(b, target, requests, "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
+	b.ReportMetric(rssMiB(b, sc.pid), "load-RSS-MiB")
+}
+
+// buildSidecar builds cmd/sidecar into a temporary directory.
+func buildSidecar(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "sidecar")
 	build := exec.Command("go", "build", "-o", bin, "github.com/keygate-dev/keygate/cmd/sidecar")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		b.Fatal(err)
 	}
-	f := fixture(bundle.AlgEdDSA)
+	return bin
+}
+
+// sidecarProcess is a running sidecar binary.
+type sidecarProcess struct {
+	main, admin string
+	pid         int
+}
+
+// startSidecar runs the binary in file mode with f's bundle in front of up,
+// with extra flags, on port 0: the bound addresses come from its "Started
+// sidecar" log line (info level; allowed requests are logged at debug only).
+// It returns once /readyz answers 200; the process is stopped at cleanup.
+func startSidecar(b *testing.B, bin string, f *bundletest.Fixture, up *httptest.Server, flags ...string) sidecarProcess {
+	dir := b.TempDir()
 	bf := filepath.Join(dir, "bundle.json")
 	if err := f.WriteFile(bf); err != nil {
 		b.Fatal(err)
 	}
-	up := upstream(b)
 	upPort := up.Listener.Addr().(*net.TCPAddr).Port
-	// Port 0: the bound addresses come from the "Started sidecar" log line
-	// (info level; requests that are allowed are logged at debug only).
 	logPath := filepath.Join(dir, "sidecar.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--bundle-file", bf, "--upstream-port", strconv.Itoa(upPort), "--port", "0",
-		"--admin-port", "0", "--bind-address", "127.0.0.1", "--log-level", "info")
+	args := append([]string{"--bundle-file", bf, "--upstream-port", strconv.Itoa(upPort), "--port", "0",
+		"--admin-port", "0", "--bind-address", "127.0.0.1", "--log-level", "info"}, flags...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logFile
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait(); _ = logFile.Close() }()
+	b.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait(); _ = logFile.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	mainAddr, admin, err := logaddr.Sidecar(ctx, logPath, nil)
@@ -361,12 +392,7 @@ func BenchmarkRSS(b *testing.B) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	b.ReportMetric(float64(time.Since(started).Milliseconds()), "startup-ms")
-	time.Sleep(200 * time.Millisecond)
-	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "idle-RSS-MiB")
-	target := "http://" + mainAddr + "/charges"
-	load(b, target, requests, "Authorization", basicAuth("apk-07", f.Secrets["apk-07"]))
-	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "load-RSS-MiB")
+	return sidecarProcess{main: mainAddr, admin: admin, pid: cmd.Process.Pid}
 }
 
 func rssMiB(b *testing.B, pid int) float64 {
