@@ -68,7 +68,7 @@ faults: envtest ## Run the fault suite with the full counts (manager + 3 sidecar
 
 # Fuzz targets as package:FuzzName; `make fuzz FUZZTIME=1m` runs them longer.
 FUZZ_TARGETS := ./sidecar/authn:FuzzParseAuthorization ./sidecar/tokenendpoint:FuzzParseTokenRequest ./sidecar/server:FuzzRawRequest \
-	./sidecar/token:FuzzVerify ./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject
+	./sidecar/token:FuzzVerify ./sidecar/config:FuzzCompile ./controllers/podinject:FuzzInject ./sidecar/wire:FuzzParseRequest
 
 .PHONY: fuzz
 # Go 1.26's fuzz coordinator can fail a target with a bare "context deadline

@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	enablePprof := fs.Bool("enable-pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin port")
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "client-side limit of requests per second to the API server (Kubernetes mode; revocations waiting together share one request)")
 	upstreamProto := fs.String("upstream-protocol", "http1", "protocol to the workload: http1, or h2c (HTTP/2 cleartext with prior knowledge, for gRPC servers)")
+	fastPath := fs.Bool("fast-path", true, "serve plain HTTP/1.1 requests on the plain main listener with the lean fast path (anything else goes to net/http); false: net/http for everything")
 	h2c := fs.Bool("h2c", false, "also serve HTTP/2 cleartext with prior knowledge on the plain main listener (gRPC clients without TLS); Upgrade: h2c stays refused")
 	tlsCert := fs.String("tls-cert-file", "", "serve TLS on the main port with this PEM certificate (chain), reloaded on change; needs --tls-key-file")
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
@@ -240,6 +241,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		return err
 	}
 	errc := make(chan error, 2)
+	shutdownMain := main.Shutdown
 	if certs != nil {
 		// ServeTLS adds HTTP/2 (ALPN h2) to the same handler and chain.
 		main.TLSConfig = certs.TLSConfig()
@@ -253,7 +255,13 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 			main.Protocols.SetHTTP1(true)
 			main.Protocols.SetUnencryptedHTTP2(true)
 		}
-		go func() { errc <- main.Serve(mainLn) }()
+		if *fastPath {
+			fast := srv.NewFastServer(main, t)
+			shutdownMain = fast.Shutdown
+			go func() { errc <- fast.Serve(mainLn) }()
+		} else {
+			go func() { errc <- main.Serve(mainLn) }()
+		}
 	}
 	go func() { errc <- admin.Serve(adminLn) }()
 	if listening != nil {
@@ -270,7 +278,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	srv.Drain()
 	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
-	err = main.Shutdown(sctx)
+	err = shutdownMain(sctx)
 	_ = admin.Close()
 	stopSources()
 	if usageDone != nil {

@@ -24,7 +24,7 @@ func clientCertFront(t *testing.T, h *harness, ca *certtest.CA, h2 bool, cert *t
 	if cert != nil {
 		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
 	}
-	h.front = front
+	h.base, h.client = front.URL, front.Client()
 }
 
 // TestClientCertSubjectHeader: the verified client certificate's subject

@@ -105,7 +105,18 @@ type rawFront struct {
 // testTimeouts are generous: tests end by the sidecar closing or answering.
 var testTimeouts = Timeouts{ReadHeader: 10 * time.Second, Read: 10 * time.Second, Write: 10 * time.Second, Idle: 10 * time.Second}
 
+// newRawFront serves the plain listener as production does: the fast path
+// in front of net/http.
 func newRawFront(t testing.TB, fix *bundletest.Fixture, upstream string, timeouts Timeouts) *rawFront {
+	t.Helper()
+	f := buildRawFront(t, fix, upstream, timeouts)
+	f.addr = serveFastHTTP(t, f.srv, f.http, timeouts)
+	return f
+}
+
+// newRawFrontNetHTTP serves the plain listener with net/http alone (the
+// fast path turned off).
+func newRawFrontNetHTTP(t testing.TB, fix *bundletest.Fixture, upstream string, timeouts Timeouts) *rawFront {
 	t.Helper()
 	f := buildRawFront(t, fix, upstream, timeouts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -116,9 +116,17 @@ func framingCases(f *bundletest.Fixture) []framingCase {
 	}
 }
 
+// TestRequestFraming runs the corpus against the plain listener with the
+// fast path (production's default) and with net/http alone.
 func TestRequestFraming(t *testing.T) {
 	testRequestFraming(t, func(t *testing.T, fix *bundletest.Fixture, upstream string) *rawFront {
 		return newRawFront(t, fix, upstream, testTimeouts)
+	})
+}
+
+func TestRequestFramingNetHTTP(t *testing.T) {
+	testRequestFraming(t, func(t *testing.T, fix *bundletest.Fixture, upstream string) *rawFront {
+		return newRawFrontNetHTTP(t, fix, upstream, testTimeouts)
 	})
 }
 

@@ -14,7 +14,7 @@ func h2Front(t *testing.T, h *harness) {
 	front.EnableHTTP2 = true
 	front.StartTLS()
 	t.Cleanup(front.Close)
-	h.front = front
+	h.base, h.client = front.URL, front.Client()
 	resp, err := front.Client().Get(front.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)

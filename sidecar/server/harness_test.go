@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -37,12 +38,15 @@ func echoUpstream(t *testing.T) *httptest.Server {
 }
 
 type harness struct {
-	t        *testing.T
-	fix      *bundletest.Fixture
-	store    *config.Store
-	revoked  *revocation.Set
-	srv      *Server
-	front    *httptest.Server
+	t       *testing.T
+	fix     *bundletest.Fixture
+	store   *config.Store
+	revoked *revocation.Set
+	srv     *Server
+	// base and client reach the sidecar (the fast path in front of
+	// net/http, as in production).
+	base     string
+	client   *http.Client
 	upstream *httptest.Server
 }
 
@@ -63,9 +67,30 @@ func newHarness(t *testing.T, fix *bundletest.Fixture, opts ...harnessOption) *h
 		f(&o)
 	}
 	h.srv = New(o)
-	h.front = httptest.NewServer(h.srv.Handler())
-	t.Cleanup(h.front.Close)
+	h.base = "http://" + serveFast(t, h.srv, testTimeouts)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	h.client = &http.Client{Transport: tr}
 	return h
+}
+
+// serveFast serves srv as the sidecar's main listener does without TLS (the
+// fast path in front of net/http) on a loopback port and returns its address.
+func serveFast(t testing.TB, srv *Server, timeouts Timeouts) string {
+	t.Helper()
+	return serveFastHTTP(t, srv, NewHTTPServer(srv.Handler(), timeouts), timeouts)
+}
+
+func serveFastHTTP(t testing.TB, srv *Server, hs *http.Server, timeouts Timeouts) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := srv.NewFastServer(hs, timeouts)
+	go func() { _ = fs.Serve(ln) }()
+	t.Cleanup(func() { _ = fs.Close() })
+	return ln.Addr().String()
 }
 
 // reload installs the fixture's current content.
@@ -108,14 +133,14 @@ func (h *harness) do(method, path string, body string, headers ...string) respon
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, h.front.URL+path, rd)
+	req, err := http.NewRequest(method, h.base+path, rd)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])
 	}
-	resp, err := h.front.Client().Do(req)
+	resp, err := h.client.Do(req)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func (g gate) Authenticate(w http.ResponseWriter, r *http.Request, oauth bool) *
 
 func (g gate) Blocked(w http.ResponseWriter, r *http.Request, keyID string) bool {
 	st := state(r)
-	if blocked, after := g.s.byAddr.Blocked(st.addr.String(), st.now); blocked {
+	if blocked, after := g.s.byAddr.Blocked(st.addrText, st.now); blocked {
 		g.s.tooMany(w, r, st, after)
 		return true
 	}
@@ -42,7 +42,7 @@ func (g gate) Blocked(w http.ResponseWriter, r *http.Request, keyID string) bool
 
 func (g gate) Failed(r *http.Request, keyID string) {
 	st := state(r)
-	g.s.byAddr.Fail(st.addr.String(), st.now)
+	g.s.byAddr.Fail(st.addrText, st.now)
 	g.s.byKey.Fail(keyID, st.now)
 }
 

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"testing"
 
 	"github.com/keygate-dev/keygate/sidecar/config"
@@ -37,9 +36,9 @@ func TestWebSocketPassthrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	u, _ := url.Parse(up.URL)
-	front := httptest.NewServer(New(Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler)}).Handler())
-	defer front.Close()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(front.URL, "http://"))
+	// The fast path hands an Upgrade request to net/http.
+	front := serveFast(t, New(Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler)}), testTimeouts)
+	conn, err := net.Dial("tcp", front)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/config"
+)
+
+// fastFront is a sidecar served by the fast path in front of upstream h.
+func fastFront(t *testing.T, h http.Handler, configure ...func(*httptest.Server)) (addr, auth string, up *httptest.Server) {
+	t.Helper()
+	f := bundletest.New(bundle.AlgEdDSA)
+	f.Bundle.Policy.Rules = []bundle.Rule{{Paths: []string{"/r/*"}, Permission: "r:Read"}}
+	f.AddKey("apk-fast", []string{"r:All"})
+	store := &config.Store{}
+	if _, err := store.Update(f.JSON()); err != nil {
+		t.Fatal(err)
+	}
+	up = httptest.NewUnstartedServer(h)
+	for _, c := range configure {
+		c(up)
+	}
+	up.Start()
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	srv := New(Options{Store: store, Upstream: u, Metrics: NewMetrics(store), Log: slog.New(slog.DiscardHandler), FailureLimit: 1000})
+	return serveFast(t, srv, testTimeouts), "Authorization: " + basic("apk-fast", f.Secrets["apk-fast"]), up
+}
+
+func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+func readResp(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("body: %v", err)
+	}
+	return resp, string(b)
+}
+
+// TestFastPathResponses: the response framings an upstream uses reach the
+// client intact over one kept-alive connection: Content-Length, chunked with
+// trailers, HEAD, 204, 304, a large body, and a close-delimited one last.
+func TestFastPathResponses(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/r/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			_, _ = io.WriteString(w, "part1-")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "part2")
+			w.Header().Set("X-Sum", "42")
+		case "/r/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+		case "/r/notmodified":
+			w.WriteHeader(http.StatusNotModified)
+		case "/r/big":
+			_, _ = io.WriteString(w, big)
+		case "/r/upload":
+			b, _ := io.ReadAll(r.Body)
+			_, _ = w.Write([]byte{byte(len(b) >> 20)})
+			_, _ = io.WriteString(w, "|"+r.Header.Get("Content-Length"))
+		case "/r/close":
+			w.Header().Set("Connection", "close")
+			_, _ = io.WriteString(w, "bye")
+		default:
+			w.Header().Set("Content-Length", "5")
+			_, _ = io.WriteString(w, "hello")
+		}
+	}))
+	c, br := dialRaw(t, addr)
+	send := func(method, path string, extra ...string) {
+		raw := rawRequest(method+" "+path+" HTTP/1.1", append([]string{"Host: app", auth}, extra...)...)
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("GET", "/r/plain")
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "hello" || resp.Header.Get("Date") == "" {
+		t.Fatalf("plain: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	send("GET", "/r/chunked")
+	resp, body := readResp(t, br, "GET")
+	if body != "part1-part2" || resp.Trailer.Get("X-Sum") != "42" || len(resp.TransferEncoding) != 1 {
+		t.Fatalf("chunked: %q trailer %v te %v", body, resp.Trailer, resp.TransferEncoding)
+	}
+	send("HEAD", "/r/plain")
+	if resp, body := readResp(t, br, "HEAD"); resp.StatusCode != 200 || body != "" || resp.ContentLength != 5 {
+		t.Fatalf("HEAD: %d %q %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	send("GET", "/r/nocontent")
+	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 204 {
+		t.Fatalf("204: %d", resp.StatusCode)
+	}
+	send("GET", "/r/notmodified")
+	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 304 {
+		t.Fatalf("304: %d", resp.StatusCode)
+	}
+	send("GET", "/r/big")
+	if _, body := readResp(t, br, "GET"); body != big {
+		t.Fatalf("big body: %d bytes", len(body))
+	}
+	send("POST", "/r/upload", "Content-Length: "+strconv.Itoa(len(big)))
+	if _, err := io.WriteString(c, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := readResp(t, br, "POST"); body != "\x01|1048576" {
+		t.Fatalf("upload: %q", body)
+	}
+	send("GET", "/r/close")
+	if resp, body := readResp(t, br, "GET"); body != "bye" || resp.StatusCode != 200 {
+		t.Fatalf("close: %d %q", resp.StatusCode, body)
+	}
+	// The upstream's Connection: close is hop-by-hop: the client's
+	// connection stays.
+	send("GET", "/r/plain", "Connection: close")
+	if resp, body := readResp(t, br, "GET"); body != "hello" || !resp.Close {
+		t.Fatalf("client close: %q close=%v", body, resp.Close)
+	}
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("connection still open after Connection: close (%d, %v)", n, err)
+	}
+}
+
+// TestFastPathStreams: a response the upstream streams reaches the client
+// before the upstream has finished it (server-sent events, long polls).
+func TestFastPathStreams(t *testing.T) {
+	release := make(chan struct{})
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		_, _ = io.WriteString(w, "data: second\n\n")
+	}))
+	defer close(release)
+	c, br := dialRaw(t, addr)
+	if _, err := io.WriteString(c, rawRequest("GET /r/events HTTP/1.1", "Host: app", auth)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event %q: %v", line, err)
+	}
+}
+
+// TestFastPathStaleUpstreamConnection: a kept-alive upstream connection the
+// upstream closed while idle is replaced, not answered 502.
+func TestFastPathStaleUpstreamConnection(t *testing.T) {
+	var closed atomic.Int32
+	addr, auth, up := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), func(s *httptest.Server) {
+		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				closed.Add(1)
+			}
+		}
+	})
+	c, br := dialRaw(t, addr)
+	get := func() *http.Response {
+		if _, err := io.WriteString(c, rawRequest("GET /r/x HTTP/1.1", "Host: app", auth)); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ := readResp(t, br, "GET")
+		return resp
+	}
+	if resp := get(); resp.StatusCode != 200 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	// The upstream closes its idle connections (as one with a short idle
+	// timeout or a restart would).
+	up.CloseClientConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for closed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the upstream never closed its connection")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if resp := get(); resp.StatusCode != 200 {
+		t.Fatalf("after the upstream closed: %d", resp.StatusCode)
+	}
+}
+
+// TestFastPathRefusalKeepsConnection: a refused request with a body is
+// answered and its body read away; the next request on the connection is
+// authenticated on its own.
+func TestFastPathRefusalKeepsConnection(t *testing.T) {
+	var got atomic.Int32
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		_, _ = io.WriteString(w, "upstream "+r.URL.Path)
+	}))
+	c, br := dialRaw(t, addr)
+	raw := rawRequest("POST /r/a HTTP/1.1", "Host: app", "Content-Length: 22") + "GET /r/smuggled HTTP/1.1" +
+		rawRequest("POST /r/b HTTP/1.1", "Host: app", "Content-Length: 22", "Authorization: Basic eDp5") + "GET /r/smuggled HTTP/1.1" +
+		rawRequest("GET /r/c HTTP/1.1", "Host: app", auth)
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{401, 401, 200} {
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != want {
+			t.Fatalf("response %d: %d %q, want %d", i, resp.StatusCode, body, want)
+		}
+	}
+	if n := got.Load(); n != 1 {
+		t.Fatalf("upstream got %d requests, want 1", n)
+	}
+}
+
+// TestFastPathHandsOff: requests outside the fast path's subset are served
+// by net/http on the same connection, after fast-path requests.
+func TestFastPathHandsOff(t *testing.T) {
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Proto+" "+r.URL.Path+" "+string(b))
+	}))
+	c, br := dialRaw(t, addr)
+	// Plain, then Expect: 100-continue (net/http answers 100 first).
+	raw := rawRequest("GET /r/one HTTP/1.1", "Host: app", auth) +
+		rawRequest("POST /r/two HTTP/1.1", "Host: app", auth, "Expect: 100-continue", "Content-Length: 3")
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := readResp(t, br, "GET"); body != "HTTP/1.1 /r/one " {
+		t.Fatalf("first: %q", body)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusContinue {
+		t.Fatalf("want 100 Continue, got %v %v", resp, err)
+	}
+	if _, err := io.WriteString(c, "abc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := readResp(t, br, "POST"); body != "HTTP/1.1 /r/two abc" {
+		t.Fatalf("second: %q", body)
+	}
+	// HTTP/1.0 on a new connection.
+	c2, br2 := dialRaw(t, addr)
+	if _, err := io.WriteString(c2, rawRequest("GET /r/three HTTP/1.0", "Host: app", auth)); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := readResp(t, br2, "GET"); resp.StatusCode != 200 || !bytes.Contains([]byte(body), []byte("/r/three")) {
+		t.Fatalf("HTTP/1.0: %d %q", resp.StatusCode, body)
+	}
+}
