@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -25,12 +26,43 @@ func h2Front(t *testing.T, h *harness) {
 	}
 }
 
+// h2cFront serves the harness's chain over HTTP/2 cleartext with prior
+// knowledge (the listener --h2c configures), with a client that speaks it.
+func h2cFront(t *testing.T, h *harness) {
+	t.Helper()
+	front := httptest.NewUnstartedServer(h.srv.Handler())
+	front.Config.Protocols = &http.Protocols{}
+	front.Config.Protocols.SetHTTP1(true)
+	front.Config.Protocols.SetUnencryptedHTTP2(true)
+	front.Start()
+	t.Cleanup(front.Close)
+	tr := front.Client().Transport.(*http.Transport)
+	tr.Protocols = &http.Protocols{}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	h.front = front
+	resp, err := front.Client().Get(front.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("front speaks %s, want HTTP/2", resp.Proto)
+	}
+}
+
 // TestAttacksOverH2: identity-header stripping (every spelling), path
-// canonicalisation and the generic 401 hold over HTTP/2 as over HTTP/1.1.
+// canonicalisation and the generic 401 hold over HTTP/2 (TLS and h2c with
+// prior knowledge) as over HTTP/1.1.
 func TestAttacksOverH2(t *testing.T) {
+	for name, front := range map[string]func(*testing.T, *harness){"tls": h2Front, "h2c": h2cFront} {
+		t.Run(name, func(t *testing.T) { attacksOverH2(t, front) })
+	}
+}
+
+func attacksOverH2(t *testing.T, front func(*testing.T, *harness)) {
 	f := chargesFixture()
 	h := newHarness(t, f)
-	h2Front(t, h)
+	front(t, h)
 	auth := basic("apk-lake", f.Secrets["apk-lake"])
 
 	r := h.do("GET", "/charges", "", "Authorization", auth,

@@ -9,15 +9,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ClientCAs are the certificate authorities client certificates must chain
-// to (--tls-client-ca-file, a PEM bundle), read again every interval: a
-// changed file takes effect for the next handshake. A file that fails to
+// to (--tls-client-ca-file, a PEM bundle), read again on file events and
+// every interval: a changed file takes effect for the next handshake. A file that fails to
 // read or holds no CA certificate keeps the last good set in force; Err
 // reports the failure until a good file loads again.
 type ClientCAs struct {
@@ -107,17 +109,30 @@ func (c *ClientCAs) setErr(err error) {
 	c.mu.Unlock()
 }
 
-// Start reads the file every interval until ctx ends.
+// Start reads the file again on every file event in its directory (a
+// ConfigMap volume swaps a symlink there, an editor renames over the file)
+// and every interval besides, until ctx ends. Without file events (the
+// watcher failed to start) the poll alone keeps it current.
 func (c *ClientCAs) Start(ctx context.Context) error {
+	var events chan fsnotify.Event
+	var errs chan error
+	if w, err := fsnotify.NewWatcher(); err == nil {
+		defer func() { _ = w.Close() }()
+		if err := w.Add(filepath.Dir(c.file)); err == nil {
+			events, errs = w.Events, w.Errors
+		}
+	}
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-events:
+		case <-errs:
 		case <-t.C:
-			_ = c.reload() // kept in Err
 		}
+		_ = c.reload() // kept in Err
 	}
 }
 
