@@ -129,7 +129,8 @@ func (c *ClientCAs) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-events:
-		case <-errs:
+		case err := <-errs:
+			_ = err // events were lost: read the file anyway
 		case <-t.C:
 		}
 		_ = c.reload() // kept in Err
