@@ -39,7 +39,7 @@ func h2cFront(t *testing.T, h *harness) {
 	tr := front.Client().Transport.(*http.Transport)
 	tr.Protocols = &http.Protocols{}
 	tr.Protocols.SetUnencryptedHTTP2(true)
-	h.front = front
+	h.base, h.client = front.URL, front.Client()
 	resp, err := front.Client().Get(front.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
