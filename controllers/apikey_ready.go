@@ -1,8 +1,10 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -101,21 +103,45 @@ func (r *ApiKeyReconciler) bundleVerdict(ctx context.Context, key *keygatev1.Api
 		return notInBundle(policy, "is not owned by the TokenPolicy"), nil
 	}
 	view := r.bundles.get(s)
-	if view == nil {
+	if view == nil || view.shard != nil {
 		return notInBundle(policy, "cannot be read"), nil
 	}
-	if e := view.byName[key.Name]; e != nil && creds.KeyID != "" && e.KeyID == creds.KeyID &&
+	where, entries, cuts := name, view, view.cuts
+	if len(view.shards) > 0 {
+		if creds.KeyID == "" {
+			return notInBundle(policy, "cannot carry a key without a key ID"), nil
+		}
+		i := bundle.ShardOf(creds.KeyID, len(view.shards))
+		where = view.shards[i]
+		shard := &corev1.Secret{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: where}, shard, client.UnsafeDisableDeepCopy) // read only
+		switch {
+		case apierrors.IsNotFound(err):
+			return notInBundle(policy, "names shard "+where+", which is not written yet"), nil
+		case err != nil:
+			return verdict{}, fmt.Errorf("read bundle shard %q: %w", where, err)
+		case !metav1.IsControlledBy(shard, policy):
+			return notInBundle(policy, "names shard "+where+", which is not owned by the TokenPolicy"), nil
+		}
+		sv := r.bundles.get(shard)
+		if sv == nil || sv.shard == nil || sv.shard.Count != len(view.shards) || sv.shard.Index != i ||
+			sv.shard.HashKeyID != bundle.HashKeyID(view.hashKey) {
+			return notInBundle(policy, "names shard "+where+", which holds another generation"), nil
+		}
+		entries, cuts = sv, cutoffs{limit: view.cuts.limit, size: sv.cuts.size}
+	}
+	if e := entries.byName[key.Name]; e != nil && creds.KeyID != "" && e.KeyID == creds.KeyID &&
 		e.Carries(bundle.Digest(view.hashKey, creds.Secret)) {
 		return verdict{Ready: true, Reason: keygatev1.ReasonReady,
-			Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret %s.", policy.Name, name)}, nil
+			Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret %s.", policy.Name, where)}, nil
 	}
 	switch {
-	case view.cuts.limit.excludes(key):
+	case cuts.limit.excludes(key):
 		return limitVerdict(policy), nil
-	case view.cuts.size.excludes(key):
+	case cuts.size.excludes(key):
 		return verdict{Reason: keygatev1.ReasonBundleTooLarge,
 			Message: fmt.Sprintf("Bundle Secret %s is full (%d older keys fill what a Secret holds); this key is not in it and does not work. "+
-				"Lower spec.maxApiKeys of TokenPolicy %q, or split the keys over more TokenPolicies.", name, len(view.byName), policy.Name)}, nil
+				"Lower spec.maxApiKeys of TokenPolicy %q, or split the keys over more TokenPolicies.", where, len(entries.byName), policy.Name)}, nil
 	}
 	return notInBundle(policy, "does not carry the key's current secret yet"), nil
 }
@@ -125,13 +151,19 @@ func notInBundle(policy *keygatev1.TokenPolicy, why string) verdict {
 		Message: fmt.Sprintf("Bundle Secret %s of TokenPolicy %q %s; the key does not work until it does.", bundle.SecretName(policy.Name), policy.Name, why)}
 }
 
-// bundleView is what the ApiKey reconciler needs of one version of a bundle Secret.
+// bundleView is what the ApiKey reconciler needs of one version of a bundle
+// Secret: a v1 bundle, a v2 index (shards set, no entries) or a shard (shard
+// set).
 type bundleView struct {
 	resourceVersion string
 	hashKey         []byte
 	// byName maps an ApiKey's name to its entry.
 	byName map[string]*bundle.Key
 	cuts   cutoffs
+	// shards are the shard names of a v2 index.
+	shards []string
+	// shard is the header of a shard (its keys are in byName).
+	shard *bundle.Shard
 }
 
 // bundleViews parses each version of a bundle Secret once, however many
@@ -155,14 +187,25 @@ func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 			return v
 		}
 	}
-	b, err := bundle.Parse(s.Data[bundle.SecretDataKey])
-	if err != nil {
-		return nil
+	v := &bundleView{resourceVersion: s.ResourceVersion, cuts: readCutoffs(s.Annotations)}
+	var keys []bundle.Key
+	if _, isShard := s.Labels[bundle.LabelShard]; isShard {
+		sh, err := bundle.ParseShard(s.Data[bundle.SecretDataKey])
+		if err != nil {
+			return nil
+		}
+		keys, sh.Keys = sh.Keys, nil
+		v.shard = sh
+	} else {
+		b, err := bundle.Parse(s.Data[bundle.SecretDataKey])
+		if err != nil {
+			return nil
+		}
+		keys, v.hashKey, v.shards = b.Keys, b.HashKey, b.Shards
 	}
-	v := &bundleView{resourceVersion: s.ResourceVersion, hashKey: b.HashKey,
-		byName: make(map[string]*bundle.Key, len(b.Keys)), cuts: readCutoffs(s.Annotations)}
-	for i := range b.Keys {
-		v.byName[b.Keys[i].Name] = &b.Keys[i]
+	v.byName = make(map[string]*bundle.Key, len(keys))
+	for i := range keys {
+		v.byName[keys[i].Name] = &keys[i]
 	}
 	if c.m == nil {
 		c.m = map[types.NamespacedName][2]*bundleView{}
@@ -179,10 +222,11 @@ func (c *bundleViews) forget(nn types.NamespacedName) {
 }
 
 // changedKeys lists the ApiKeys whose entry differs between two versions of
-// a bundle (added, removed or changed); all is true when the cuts moved, and
-// so may have changed the reason of keys neither version carries.
+// a bundle or a shard (added, removed or changed); all is true when the cuts
+// moved, and so may have changed the reason of keys neither version carries,
+// or when an index changed its shards or hash key.
 func changedKeys(old, cur *bundleView) (names []string, all bool) {
-	if old == nil || cur == nil || !old.cuts.equal(cur.cuts) {
+	if old == nil || cur == nil || !old.cuts.equal(cur.cuts) || !slices.Equal(old.shards, cur.shards) || !bytes.Equal(old.hashKey, cur.hashKey) {
 		return nil, true
 	}
 	for name, e := range cur.byName {

@@ -132,16 +132,33 @@ type bundleHandler struct{ r *ApiKeyReconciler }
 type apiKeyQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
 
 func (h bundleHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
-	if policy, ok := bundlePolicy(e.Object); ok {
-		h.all(ctx, e.Object.GetNamespace(), policy, q)
+	policy, ok := bundlePolicy(e.Object)
+	if !ok {
+		return
 	}
+	// A new shard without a size cut moves only the keys it carries; the
+	// keys it does not carry were waiting for it with NotInBundle and stay so.
+	if s, isSecret := e.Object.(*corev1.Secret); isSecret && isShard(s) {
+		if v := h.r.bundles.get(s); v != nil && v.cuts.size == nil {
+			for name := range v.byName {
+				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: name}})
+			}
+			return
+		}
+	}
+	h.all(ctx, e.Object.GetNamespace(), policy, q)
 }
 
 func (h bundleHandler) Delete(ctx context.Context, e event.TypedDeleteEvent[client.Object], q apiKeyQueue) {
-	if policy, ok := bundlePolicy(e.Object); ok {
-		h.r.bundles.forget(client.ObjectKeyFromObject(e.Object))
-		h.all(ctx, e.Object.GetNamespace(), policy, q)
+	policy, ok := bundlePolicy(e.Object)
+	if !ok {
+		return
 	}
+	h.r.bundles.forget(client.ObjectKeyFromObject(e.Object))
+	if s, isSecret := e.Object.(*corev1.Secret); isSecret && isShard(s) {
+		return // the index stopped naming it first, which re-queued the keys
+	}
+	h.all(ctx, e.Object.GetNamespace(), policy, q)
 }
 
 func (h bundleHandler) Update(ctx context.Context, e event.TypedUpdateEvent[client.Object], q apiKeyQueue) {
@@ -170,15 +187,23 @@ func (h bundleHandler) all(ctx context.Context, namespace, policy string, q apiK
 	}
 }
 
-// bundlePolicy names the TokenPolicy of a bundle Secret; ok is false for
-// every other Secret.
+// bundlePolicy names the TokenPolicy of a bundle Secret (a v1 bundle, a v2
+// index or a shard); ok is false for every other Secret.
 func bundlePolicy(o client.Object) (string, bool) {
 	l := o.GetLabels()
 	policy := l[keygatev1.LabelTokenPolicy]
 	if l[keygatev1.LabelManagedBy] != keygatev1.ManagedByValue || l[keygatev1.LabelApiKey] != "" || policy == "" {
 		return "", false
 	}
+	if _, shard := l[bundle.LabelShard]; shard {
+		return policy, true
+	}
 	return policy, o.GetName() == bundle.SecretName(policy)
+}
+
+func isShard(s *corev1.Secret) bool {
+	_, ok := s.Labels[bundle.LabelShard]
+	return ok
 }
 
 func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) error {

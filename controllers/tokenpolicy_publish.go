@@ -68,26 +68,26 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 		HashKey:     pass.signing.HashKey,
 		SigningKeys: pass.signing.Keys,
 	}
-	fit, data, err := packBundle(b, entries, maxBundleBytes)
+	var pub published
+	var err error
+	if count := bundle.ShardCount(maxApiKeys(p)); count == 0 {
+		pub, err = r.publishUnsharded(ctx, p, b, entries, owners, adm.limitCut)
+	} else {
+		pub, err = r.publishSharded(ctx, p, b, entries, owners, adm.limitCut, count)
+	}
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	cuts := cutoffs{limit: cutAfter(adm.limitCut)}
-	if fit < len(entries) {
-		cuts.size = &cutoff{} // none fits
-		if fit > 0 {
-			cuts.size = cutAfter(owners[fit-1])
-		}
+	if err := r.deleteStaleShards(ctx, p, pub.shards); err != nil {
+		return ctrl.Result{}, err
 	}
 	var wakeups []time.Time
-	for _, key := range owners[:fit] {
+	for _, key := range pub.kept {
 		wakeups = append(wakeups, keyWakeups(key, byName[credentialsSecretName(key)])...)
 	}
 
 	name := bundle.SecretName(p.Name)
-	if err := r.writeBundle(ctx, p, name, data, cuts.annotations()); err != nil {
-		return ctrl.Result{}, err
-	}
+	fit := len(pub.kept)
 	p.Status.ApiKeys = int32(fit) //nolint:gosec // at most maxApiKeys
 	p.Status.BundleSecretName = name
 	p.Status.Enforcement = keygatev1.EnforcementEnforce
@@ -95,43 +95,92 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 		p.Status.Enforcement = keygatev1.EnforcementAudit
 	}
 	meta.RemoveStatusCondition(&p.Status.Conditions, keygatev1.ConditionStalled)
+	where := "Bundle Secret " + name
+	if len(pub.shards) > 0 {
+		where = fmt.Sprintf("Bundle Secret %s (index of %d shards)", name, len(pub.shards))
+	}
 	ready := metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
 		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
-		Message: fmt.Sprintf("Bundle Secret %s holds %d ApiKeys and %d signing keys.", name, fit, len(b.SigningKeys))}
+		Message: fmt.Sprintf("%s holds %d ApiKeys and %d signing keys.", where, fit, len(b.SigningKeys))}
 	if fit < len(entries) {
 		ready.Status, ready.Reason = metav1.ConditionFalse, keygatev1.ReasonBundleTooLarge
-		ready.Message = fmt.Sprintf("Only %d of the %d accepted ApiKeys fit in bundle Secret %s (%d KiB, a Secret holds 1 MiB); "+
+		ready.Message = fmt.Sprintf("Only %d of the %d accepted ApiKeys fit in %s (a Secret holds 1 MiB); "+
 			"the other %d are not Ready (reason BundleTooLarge) and do not work. Removals are still published. "+
 			"Lower spec.maxApiKeys or split the keys over more TokenPolicies.",
-			fit, len(entries), name, len(data)/1024, len(entries)-fit)
+			fit, len(entries), where, len(entries)-fit)
 	}
 	meta.SetStatusCondition(&p.Status.Conditions, ready)
 	return ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}, nil
+}
+
+// published is what a bundle write put in front of the sidecars.
+type published struct {
+	// kept are the ApiKeys the bundle carries.
+	kept []*keygatev1.ApiKey
+	// shards are the names of the shard Secrets (none for a v1 bundle).
+	shards []string
+}
+
+// publishUnsharded writes the v1 bundle: every entry in one Secret, the
+// oldest that fit when not all do.
+func (r *TokenPolicyReconciler) publishUnsharded(ctx context.Context, p *keygatev1.TokenPolicy, b *bundle.Bundle,
+	entries []bundle.Key, owners []*keygatev1.ApiKey, limitCut *keygatev1.ApiKey) (published, error) {
+	fit, data, err := packBundle(b, entries, maxBundleBytes)
+	if err != nil {
+		return published{}, err
+	}
+	cuts := cutoffs{limit: cutAfter(limitCut), size: sizeCut(owners, fit, len(entries))}
+	if err := r.writeBundle(ctx, p, bundle.SecretName(p.Name), data, cuts.annotations(), nil); err != nil {
+		return published{}, err
+	}
+	return published{kept: owners[:fit]}, nil
+}
+
+// sizeCut is the size cutoff after the first fit of n owners; nil when all fit.
+func sizeCut(owners []*keygatev1.ApiKey, fit, n int) *cutoff {
+	switch {
+	case fit >= n:
+		return nil
+	case fit == 0:
+		return &cutoff{} // none fits
+	}
+	return cutAfter(owners[fit-1])
 }
 
 // packBundle encodes b with the longest prefix of entries whose encoding
 // fits in limit bytes, and returns how many entries it holds. The bundle
 // lists its keys sorted by key ID whatever the prefix.
 func packBundle(b *bundle.Bundle, entries []bundle.Key, limit int) (int, []byte, error) {
-	encode := func(n int) ([]byte, error) {
-		b.Keys = append(make([]bundle.Key, 0, n), entries[:n]...)
-		sortKeys(b.Keys)
+	return packKeys(entries, limit, func(keys []bundle.Key) ([]byte, error) {
+		b.Keys = keys
 		if err := b.Validate(); err != nil {
 			return nil, fmt.Errorf("build bundle: %w", err)
 		}
-		data, err := bundle.Marshal(b)
+		return bundle.Marshal(b)
+	})
+}
+
+// packKeys encodes, with encode, the longest prefix of entries whose
+// encoding fits in limit bytes (sorted by key ID), and returns its length.
+// encode must write the keys as one JSON array, and nothing else that
+// depends on them.
+func packKeys(entries []bundle.Key, limit int, encode func([]bundle.Key) ([]byte, error)) (int, []byte, error) {
+	enc := func(n int) ([]byte, error) {
+		keys := append(make([]bundle.Key, 0, n), entries[:n]...)
+		sortKeys(keys)
+		data, err := encode(keys)
 		if err != nil {
 			return nil, fmt.Errorf("encode bundle: %w", err)
 		}
 		return data, nil
 	}
-	data, err := encode(len(entries))
+	data, err := enc(len(entries))
 	if err != nil || len(data) <= limit {
 		return len(entries), data, err
 	}
-	// Too large: the size of the encoding is that of the bundle without keys
-	// plus each entry and a comma between two.
-	empty, err := encode(0)
+	// Too large: the size of the encoding is that of the document without
+	// keys plus each entry and a comma between two.
+	empty, err := enc(0)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -151,7 +200,7 @@ func packBundle(b *bundle.Bundle, entries []bundle.Key, limit int) (int, []byte,
 		size += add
 		n++
 	}
-	data, err = encode(n)
+	data, err = enc(n)
 	if err == nil && len(data) > limit {
 		err = fmt.Errorf("bundle of %d keys is %d bytes, over %d: %w", n, len(data), limit, errBundleTooLarge)
 	}
@@ -160,7 +209,7 @@ func packBundle(b *bundle.Bundle, entries []bundle.Key, limit int) (int, []byte,
 
 // writeBundle creates the bundle Secret or replaces it when its bytes or its
 // annotations differ; the write is guarded by the resourceVersion read.
-func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.TokenPolicy, name string, data []byte, annotations map[string]string) error {
+func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.TokenPolicy, name string, data []byte, annotations, labels map[string]string) error {
 	cached := &corev1.Secret{}
 	found, err := r.getOwned(ctx, p, cached, name, client.UnsafeDisableDeepCopy)
 	if err != nil {
@@ -173,6 +222,13 @@ func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.To
 		desired.ObjectMeta = metav1.ObjectMeta{Namespace: p.Namespace, Name: name}
 	}
 	desired.Annotations = withCutoffs(desired.Annotations, annotations)
+	if len(labels) > 0 {
+		desired.Labels = maps.Clone(desired.Labels)
+		if desired.Labels == nil {
+			desired.Labels = map[string]string{}
+		}
+		maps.Copy(desired.Labels, labels)
+	}
 	if err := r.ownedObject(p, desired); err != nil {
 		return err
 	}

@@ -16,7 +16,8 @@ import (
 	"time"
 )
 
-// FormatVersion is the value of Bundle.Version this package reads and writes.
+// FormatVersion is the Version of an unsharded bundle. This package also
+// reads and writes sharded ones (FormatVersionV2, shard.go).
 const FormatVersion = "keygate.dev/bundle/v1"
 
 // SecretDataKey is the key of the bundle document in the bundle Secret's data.
@@ -44,7 +45,8 @@ func UsageConfigMapName(policy string) string { return "keygate-" + policy + "-u
 
 // Bundle is everything a sidecar needs to enforce one TokenPolicy.
 type Bundle struct {
-	// Version is FormatVersion.
+	// Version is FormatVersion, or FormatVersionV2 for the index of a
+	// sharded bundle.
 	Version string `json:"version"`
 	// Policy is the TokenPolicy's spec, with defaults applied.
 	Policy Policy `json:"policy"`
@@ -53,8 +55,11 @@ type Bundle struct {
 	// SigningKeys are the token signing keys, the current one first; the others
 	// only verify tokens until their RetiresAt.
 	SigningKeys []SigningKey `json:"signingKeys"`
-	// Keys are the policy's Ready ApiKeys, sorted by KeyID.
+	// Keys are the policy's Ready ApiKeys, sorted by KeyID (v1; empty in a
+	// v2 index).
 	Keys []Key `json:"keys"`
+	// Shards names the shard Secrets of a v2 index, shard i at place i.
+	Shards []string `json:"shards,omitempty"`
 }
 
 // Policy is the resolved TokenPolicy.
@@ -184,8 +189,17 @@ func Parse(data []byte) (*Bundle, error) {
 func (b *Bundle) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if b.Version != FormatVersion {
-		bad("version %q is not %q", b.Version, FormatVersion)
+	switch b.Version {
+	case FormatVersion:
+		if len(b.Shards) > 0 {
+			bad("a %s bundle has no shards", FormatVersion)
+		}
+	case FormatVersionV2:
+		if len(b.Shards) == 0 || len(b.Keys) > 0 {
+			bad("a %s index names shards and holds no keys", FormatVersionV2)
+		}
+	default:
+		bad("version %q is not %q or %q", b.Version, FormatVersion, FormatVersionV2)
 	}
 	p := &b.Policy
 	if p.Issuer == "" {
@@ -231,14 +245,23 @@ func (b *Bundle) Validate() error {
 			bad("signingKeys[%d] needs kid, alg and jwk", i)
 		}
 	}
+	if l := p.RateLimit; l != nil && (l.Requests <= 0 || l.PerMillis <= 0 || l.Burst <= 0) {
+		bad("policy.rateLimit: requests, perMillis and burst must be positive")
+	}
+	return errors.Join(append(errs, validateKeys(b.Keys))...)
+}
+
+// validateKeys reports every problem of a list of key entries.
+func validateKeys(keys []Key) error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	checkLimit := func(field string, l *RateLimit) {
 		if l != nil && (l.Requests <= 0 || l.PerMillis <= 0 || l.Burst <= 0) {
 			bad("%s: requests, perMillis and burst must be positive", field)
 		}
 	}
-	checkLimit("policy.rateLimit", p.RateLimit)
-	seen := make(map[string]bool, len(b.Keys))
-	for i, k := range b.Keys {
+	seen := make(map[string]bool, len(keys))
+	for i, k := range keys {
 		if k.KeyID == "" {
 			bad("keys[%d] has no keyID", i)
 		}
@@ -254,7 +277,11 @@ func (b *Bundle) Validate() error {
 				bad("keys[%d] (%s) has a digest that is not HMAC-SHA256", i, k.KeyID)
 			}
 		}
-		checkCIDRs(fmt.Sprintf("keys[%d].allowedCIDRs", i), k.AllowedCIDRs)
+		for _, c := range k.AllowedCIDRs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				bad("keys[%d].allowedCIDRs: %q is not a CIDR block", i, c)
+			}
+		}
 		checkLimit(fmt.Sprintf("keys[%d].rateLimit", i), k.RateLimit)
 		for j, c := range k.Clients {
 			checkLimit(fmt.Sprintf("keys[%d].clients[%d].rateLimit", i, j), c.RateLimit)

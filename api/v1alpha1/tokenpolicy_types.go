@@ -204,11 +204,12 @@ type TokenPolicySpec struct {
 	TokenEndpoint TokenEndpoint `json:"tokenEndpoint,omitempty"`
 
 	// maxApiKeys is the most ApiKeys the policy accepts; the newest beyond it
-	// are refused with reason LimitExceeded. Defaults to 40.
+	// are refused with reason LimitExceeded. Defaults to 40, at most 100000.
+	// Above 2000 the bundle is sharded over several Secrets (docs/bundle.md).
 	// +optional
 	// +kubebuilder:default=40
 	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:validation:Maximum=10000
+	// +kubebuilder:validation:Maximum=100000
 	MaxApiKeys int32 `json:"maxApiKeys,omitempty"`
 
 	// allowedCIDRs restricts every key of the policy to these client address

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 	"github.com/keygate-dev/keygate/controllers/sidecaraccess"
 )
@@ -208,6 +209,20 @@ func TestSidecarAccess(t *testing.T) {
 	g.Expect(can("list", "secrets", "")).To(BeFalse(), "list Secrets")
 	g.Expect(can("update", "secrets", "keygate-payments-api")).To(BeFalse(), "update its bundle Secret")
 	g.Expect(can("patch", "configmaps", "other")).To(BeFalse(), "patch another ConfigMap")
+
+	// A policy sharded by a larger limit: the Role names its shards too, by name.
+	policy := &keygatev1.TokenPolicy{}
+	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "payments-api"}, policy)).To(Succeed())
+	policy.Spec.MaxApiKeys = 10000
+	g.Expect(k8sClient.Update(ctx, policy)).To(Succeed())
+	shards := bundle.ShardNames("payments-api", bundle.ShardCount(10000))
+	g.Eventually(func(g Gomega) []string {
+		g.Expect(k8sClient.Get(ctx, name, role)).To(Succeed())
+		return role.Rules[0].ResourceNames
+	}).WithTimeout(timeout).WithPolling(interval).Should(ConsistOf(append([]string{"keygate-payments-api"}, shards...)))
+	g.Expect(shards).To(HaveLen(8))
+	g.Expect(can("watch", "secrets", shards[7])).To(BeTrue(), "watch a shard")
+	g.Expect(can("watch", "secrets", bundle.ShardName("billing", 8, 7))).To(BeFalse(), "watch another policy's shard")
 
 	// The last injected pod gone, the access goes too.
 	for _, n := range []string{"web", "worker"} {

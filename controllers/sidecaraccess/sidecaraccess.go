@@ -8,6 +8,7 @@ package sidecaraccess
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -172,7 +173,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if len(accounts) == 0 || !policy.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.remove(ctx, req.NamespacedName)
 	}
-	role, err := r.desiredRole(policy)
+	role, err := r.desiredRole(ctx, policy)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -234,10 +235,10 @@ func objectMeta(policy *keygatev1.TokenPolicy) metav1.ObjectMeta {
 }
 
 // Rules are the sidecar's permissions for policy: nothing but its own bundle
-// Secret and revocations ConfigMap, by name.
-func Rules(policy string) []rbacv1.PolicyRule {
+// Secret (and the shards of a sharded bundle) and revocations ConfigMap, by name.
+func Rules(policy string, shards ...string) []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{bundle.SecretName(policy)},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: append([]string{bundle.SecretName(policy)}, shards...),
 			Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{bundle.RevocationsConfigMapName(policy)},
 			Verbs: []string{"get", "list", "watch", "patch"}},
@@ -246,12 +247,40 @@ func Rules(policy string) []rbacv1.PolicyRule {
 	}
 }
 
-func (r *Reconciler) desiredRole(policy *keygatev1.TokenPolicy) (*rbacv1.Role, error) {
-	role := &rbacv1.Role{ObjectMeta: objectMeta(policy), Rules: Rules(policy.Name)}
+func (r *Reconciler) desiredRole(ctx context.Context, policy *keygatev1.TokenPolicy) (*rbacv1.Role, error) {
+	shards, err := r.shardNames(ctx, policy)
+	if err != nil {
+		return nil, err
+	}
+	role := &rbacv1.Role{ObjectMeta: objectMeta(policy), Rules: Rules(policy.Name, shards...)}
 	if err := controllerutil.SetControllerReference(policy, role, r.Scheme); err != nil {
 		return nil, fmt.Errorf("own Role: %w", err)
 	}
 	return role, nil
+}
+
+// shardNames are the shard Secrets a sidecar of policy may need: those of
+// the shard count its spec asks for, which the operator writes before the
+// index names them, and those the published index names now (the previous
+// count, until the operator has switched over), sorted.
+func (r *Reconciler) shardNames(ctx context.Context, policy *keygatev1.TokenPolicy) ([]string, error) {
+	names := bundle.ShardNames(policy.Name, bundle.ShardCount(int(policy.Spec.MaxApiKeys)))
+	index := &corev1.Secret{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: policy.Namespace, Name: bundle.SecretName(policy.Name)}, index)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return nil, fmt.Errorf("read bundle Secret: %w", err)
+	case metav1.IsControlledBy(index, policy):
+		var doc struct {
+			Shards []string `json:"shards"`
+		}
+		if json.Unmarshal(index.Data[bundle.SecretDataKey], &doc) == nil {
+			names = append(names, doc.Shards...)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
 }
 
 func (r *Reconciler) desiredBinding(policy *keygatev1.TokenPolicy, accounts []string) (*rbacv1.RoleBinding, error) {

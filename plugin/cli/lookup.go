@@ -86,7 +86,7 @@ func (s *session) getPolicy(ctx context.Context, ns, name string) (*keygatev1.To
 }
 
 // readBundle reads and decodes the bundle a policy's sidecars load, with the
-// same decoder they use.
+// same decoder they use; a sharded bundle is read whole (index and shards).
 func (s *session) readBundle(ctx context.Context, ns, policy string) (*bundle.Bundle, error) {
 	sec := &corev1.Secret{}
 	name := bundle.SecretName(policy)
@@ -104,7 +104,28 @@ func (s *session) readBundle(ctx context.Context, ns, policy string) (*bundle.Bu
 	if err != nil {
 		return nil, fmt.Errorf("bundle Secret %s/%s: %w", ns, name, err)
 	}
-	return b, nil
+	if b.Version != bundle.FormatVersionV2 {
+		return b, nil
+	}
+	// A sharded bundle: the index and the shards it names, each of the
+	// index's generation, make up what the sidecars run on.
+	shards := make([]*bundle.Shard, 0, len(b.Shards))
+	for _, shardName := range b.Shards {
+		sec := &corev1.Secret{}
+		if err := s.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: shardName}, sec); err != nil {
+			return nil, fmt.Errorf("read bundle shard %s/%s: %w", ns, shardName, err)
+		}
+		shard, err := bundle.ParseShard(sec.Data[bundle.SecretDataKey])
+		if err != nil {
+			return nil, fmt.Errorf("bundle shard %s/%s: %w", ns, shardName, err)
+		}
+		shards = append(shards, shard)
+	}
+	all, err := bundle.Assemble(b, shards)
+	if err != nil {
+		return nil, fmt.Errorf("bundle Secret %s/%s: %w", ns, name, err)
+	}
+	return all, nil
 }
 
 // bundleCache reads each policy's bundle once per command.

@@ -143,7 +143,6 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	rt := &Runtime{
 		Policy:         p,
 		HashKey:        append([]byte(nil), b.HashKey...),
-		Keys:           make(map[string]*Key, len(b.Keys)),
 		PublicPaths:    set(p.PublicPaths),
 		TokenPaths:     set(p.TokenPaths),
 		Grants:         set(p.Grants),
@@ -186,7 +185,26 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	if rt.Keyset, err = token.NewKeyset(b.SigningKeys, p.Issuer, p.Audience); err != nil {
 		errs = append(errs, fmt.Errorf("signingKeys: %w", err))
 	}
-	for _, k := range b.Keys {
+	keys, err := compileKeys(p, b.Keys)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	rt.Keys = keys
+	rt.DummyDigest = make([]byte, sha256.Size)
+	_, _ = rand.Read(rt.DummyDigest)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// compileKeys compiles the key entries of a bundle (or of one shard) of
+// policy p, reporting every problem.
+func compileKeys(p bundle.Policy, keys []bundle.Key) (map[string]*Key, error) {
+	var errs []error
+	out := make(map[string]*Key, len(keys))
+	var err error
+	for _, k := range keys {
 		ck := &Key{KeyID: k.KeyID, Name: k.Name, Secrets: k.Secrets, Perms: authz.NewPermissions(k.Permissions), ExpiresAt: k.ExpiresAt}
 		ck.RateLimit = Limit(k.RateLimit)
 		if k.RateLimit == nil {
@@ -207,14 +225,9 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 			ck.Clients[c.Key] = &Client{Key: c.Key, Perms: authz.NewPermissions(list), PermList: list, PermHeader: strings.Join(list, ","),
 				RateLimit: Limit(c.RateLimit)}
 		}
-		rt.Keys[k.KeyID] = ck
+		out[k.KeyID] = ck
 	}
-	rt.DummyDigest = make([]byte, sha256.Size)
-	_, _ = rand.Read(rt.DummyDigest)
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return rt, nil
+	return out, errors.Join(errs...)
 }
 
 // Limit is the quota form of a bundle rate limit; nil is the zero (off) limit.
@@ -256,16 +269,23 @@ func (s *Store) OnChange(fn func(*Runtime)) {
 // Update compiles data and installs it; on error the last good runtime stays.
 func (s *Store) Update(data []byte) (*Runtime, error) {
 	rt, err := Compile(data)
-	s.mu.Lock()
 	if err != nil {
+		s.mu.Lock()
 		s.lastErr = err
 		s.mu.Unlock()
 		return nil, err
 	}
+	return s.Install(rt), nil
+}
+
+// Install puts rt in force, unless the runtime in force has the same
+// Fingerprint, and returns the runtime in force.
+func (s *Store) Install(rt *Runtime) *Runtime {
+	s.mu.Lock()
 	if cur := s.cur.Load(); cur != nil && cur.Fingerprint == rt.Fingerprint {
 		s.lastErr = nil
 		s.mu.Unlock()
-		return cur, nil
+		return cur
 	}
 	s.lastErr = nil
 	s.cur.Store(rt)
@@ -274,7 +294,14 @@ func (s *Store) Update(data []byte) (*Runtime, error) {
 	for _, fn := range fns {
 		fn(rt)
 	}
-	return rt, nil
+	return rt
+}
+
+// Reject records a bundle that could not be used; the runtime in force stays.
+func (s *Store) Reject(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErr = err
 }
 
 // SetSourceHealth records whether the source (API server, file) is reachable.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -58,10 +59,14 @@ type Kubernetes struct {
 	health     map[string]error
 	lastBroken time.Time // last failed list or watch call
 
-	// applyMu orders the bundle applies of the watch and of the probe;
+	// applyMu orders the bundle applies of the watches and of the probe;
 	// appliedRV is the resourceVersion of the bundle Secret last applied.
 	applyMu   sync.Mutex
 	appliedRV string
+	// sharded is the state of a v2 bundle (shards.go); nil for v1.
+	sharded *shardedState
+	// runCtx is Run's context, under which shard watches run.
+	runCtx context.Context
 }
 
 // report records the outcome of one list or watch call of what and passes
@@ -94,6 +99,9 @@ func (k *Kubernetes) report(what string, err error) {
 
 // Run watches until ctx ends.
 func (k *Kubernetes) Run(ctx context.Context) error {
+	k.applyMu.Lock()
+	k.runCtx = ctx
+	k.applyMu.Unlock()
 	secretName := bundle.SecretName(k.Policy)
 	cmName := bundle.RevocationsConfigMapName(k.Policy)
 	si := namedInformer(k.Client, "secrets", k.Namespace, secretName, &corev1.Secret{}, func(err error) { k.report("Secret "+secretName, err) })
@@ -163,17 +171,36 @@ func (k *Kubernetes) applySecret(s *corev1.Secret) {
 		k.Log.Error("Bundle Secret has no bundle; the last good one stays in force", "secret", s.Name, "key", bundle.SecretDataKey)
 		return
 	}
-	prev := k.Store.Load()
-	rt, err := k.Store.Update(data)
+	b, err := bundle.Parse(data)
 	if err != nil {
+		k.Store.Reject(err)
 		k.Log.Error("Rejected bundle; the last good one stays in force", "secret", s.Name, "error", err)
 		return
 	}
 	k.appliedRV = s.ResourceVersion
-	if rt == prev {
+	if b.Version == bundle.FormatVersionV2 {
+		k.applyIndex(s.Name, b, data)
 		return
 	}
-	k.Log.Info("Loaded bundle", "secret", s.Name, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
+	k.stopShards()
+	rt, err := CompileBundle(b)
+	if err != nil {
+		k.Store.Reject(err)
+		k.Log.Error("Rejected bundle; the last good one stays in force", "secret", s.Name, "error", err)
+		return
+	}
+	sum := sha256.Sum256(data)
+	rt.Fingerprint = fmt.Sprintf("%x", sum[:6])
+	k.install(s.Name, rt)
+}
+
+// install puts rt in force and logs it when it is new.
+func (k *Kubernetes) install(source string, rt *Runtime) {
+	prev := k.Store.Load()
+	if cur := k.Store.Install(rt); cur == prev {
+		return
+	}
+	k.Log.Info("Loaded bundle", "secret", source, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
 }
 
 // newerVersion reports whether resourceVersion rv is to be applied over cur,
@@ -236,6 +263,7 @@ func (k *Kubernetes) probe(ctx context.Context, secretName, cmName string) {
 		}
 		k.Revoked.Replace(revocation.Parse(cm.Data))
 		k.applySecret(s)
+		k.probeShards(ctx)
 		k.Store.SetSourceHealth(nil)
 	}
 }

@@ -1,0 +1,90 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// publishSharded writes a v2 bundle: each entry in the shard its key ID
+// hashes to (the oldest of a shard that fit, when not all do), the shards
+// first and the index last, so that an index never names a shard that is
+// not written yet. A change to one key rewrites only its shard; the index
+// changes with the policy, the signing keys, the shard count or the limit
+// cut. The shard Secrets of another count are deleted afterwards
+// (deleteStaleShards).
+func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1.TokenPolicy, b *bundle.Bundle,
+	entries []bundle.Key, owners []*keygatev1.ApiKey, limitCut *keygatev1.ApiKey, count int) (published, error) {
+	perShard := make([][]int, count) // indexes into entries, in admission order
+	for i := range entries {
+		s := bundle.ShardOf(entries[i].KeyID, count)
+		perShard[s] = append(perShard[s], i)
+	}
+	names := bundle.ShardNames(p.Name, count)
+	hashKeyID := bundle.HashKeyID(b.HashKey)
+	var kept []*keygatev1.ApiKey
+	for s, idx := range perShard {
+		shardEntries := make([]bundle.Key, len(idx))
+		shardOwners := make([]*keygatev1.ApiKey, len(idx))
+		for j, i := range idx {
+			shardEntries[j], shardOwners[j] = entries[i], owners[i]
+		}
+		doc := &bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: s, HashKeyID: hashKeyID}
+		fit, data, err := packKeys(shardEntries, maxBundleBytes, func(keys []bundle.Key) ([]byte, error) {
+			doc.Keys = keys
+			return json.Marshal(doc)
+		})
+		if err != nil {
+			return published{}, fmt.Errorf("shard %d: %w", s, err)
+		}
+		cuts := cutoffs{size: sizeCut(shardOwners, fit, len(shardOwners))}
+		if err := r.writeBundle(ctx, p, names[s], data, cuts.annotations(), map[string]string{bundle.LabelShard: strconv.Itoa(s)}); err != nil {
+			return published{}, err
+		}
+		kept = append(kept, shardOwners[:fit]...)
+	}
+	b.Version, b.Shards, b.Keys = bundle.FormatVersionV2, names, nil
+	if err := b.Validate(); err != nil {
+		return published{}, fmt.Errorf("build bundle index: %w", err)
+	}
+	data, err := bundle.Marshal(b)
+	if err != nil {
+		return published{}, fmt.Errorf("encode bundle index: %w", err)
+	}
+	cuts := cutoffs{limit: cutAfter(limitCut)}
+	if err := r.writeBundle(ctx, p, bundle.SecretName(p.Name), data, cuts.annotations(), nil); err != nil {
+		return published{}, err
+	}
+	return published{kept: kept, shards: names}, nil
+}
+
+// deleteStaleShards deletes the policy's shard Secrets that the index just
+// written does not name (all of them after a v1 bundle). The index no longer
+// names them, so no sidecar reads them.
+func (r *TokenPolicyReconciler) deleteStaleShards(ctx context.Context, p *keygatev1.TokenPolicy, current []string) error {
+	secrets := &corev1.SecretList{}
+	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
+		client.HasLabels{bundle.LabelShard}, client.UnsafeDisableDeepCopy); err != nil {
+		return fmt.Errorf("list bundle shards of TokenPolicy %q: %w", p.Name, err)
+	}
+	for i := range secrets.Items {
+		s := &secrets.Items[i]
+		if slices.Contains(current, s.Name) || !metav1.IsControlledBy(s, p) {
+			continue
+		}
+		stale := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}
+		if err := r.Delete(ctx, stale, client.Preconditions{UID: &s.UID}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete stale bundle shard %q: %w", s.Name, err)
+		}
+	}
+	return nil
+}

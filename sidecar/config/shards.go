@@ -1,0 +1,202 @@
+package config
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+)
+
+// A sharded (v2) bundle: the index Secret names the shard Secrets, and the
+// sidecar watches each of them by name (its Role lists exactly those names).
+// The rule that keeps a sidecar off a mix of generations: a runtime is built
+// only from the index in force and, for every shard it names, a shard
+// document that matches it (the same shard count and place, the same hash
+// key; bundle.Shard.Matches). Until every named shard matches, the runtime
+// in force stays. Within one generation a key's shard never changes (it
+// depends on its key ID and the count only), so a shard is applied on its
+// own: one key's change recompiles only its shard.
+
+// shardedState is what the sidecar holds of a v2 bundle.
+type shardedState struct {
+	index     *bundle.Bundle
+	indexName string
+	indexSum  [sha256.Size]byte
+	// shards by Secret name: the last version applied of each named shard.
+	shards map[string]*shardState
+	// watches stops the watch of each named shard.
+	watches map[string]context.CancelFunc
+}
+
+type shardState struct {
+	resourceVersion string
+	doc             *bundle.Shard
+	sum             [sha256.Size]byte
+	// keys are the compiled keys, for the policy of compiledFor (the index
+	// whose policy they were compiled with).
+	keys        map[string]*Key
+	compiledFor *bundle.Bundle
+}
+
+// applyIndex takes a v2 index in force: it watches the shards it names (and
+// stops watching the others), then builds the runtime if every shard is in.
+// The caller holds applyMu.
+func (k *Kubernetes) applyIndex(name string, index *bundle.Bundle, data []byte) {
+	st := k.sharded
+	if st == nil {
+		st = &shardedState{shards: map[string]*shardState{}, watches: map[string]context.CancelFunc{}}
+		k.sharded = st
+	}
+	st.index, st.indexName, st.indexSum = index, name, sha256.Sum256(data)
+	for shard, stop := range st.watches {
+		if !slices.Contains(index.Shards, shard) {
+			stop()
+			delete(st.watches, shard)
+			delete(st.shards, shard)
+			k.forgetHealth("Secret " + shard)
+		}
+	}
+	for _, shard := range index.Shards {
+		if _, ok := st.watches[shard]; !ok && k.runCtx != nil {
+			st.watches[shard] = k.watchShard(shard)
+		}
+	}
+	k.assemble()
+}
+
+// stopShards stops every shard watch (the bundle is v1 again).
+func (k *Kubernetes) stopShards() {
+	if k.sharded == nil {
+		return
+	}
+	for shard, stop := range k.sharded.watches {
+		stop()
+		k.forgetHealth("Secret " + shard)
+	}
+	k.sharded = nil
+}
+
+// watchShard starts the watch of one shard Secret and returns its stop.
+func (k *Kubernetes) watchShard(name string) context.CancelFunc {
+	ctx, cancel := context.WithCancel(k.runCtx)
+	what := "Secret " + name
+	inf := namedInformer(k.Client, "secrets", k.Namespace, name, &corev1.Secret{}, func(err error) {
+		if ctx.Err() == nil {
+			k.report(what, err)
+		}
+	})
+	on := func(obj any) {
+		if s, ok := obj.(*corev1.Secret); ok && s.Name == name {
+			k.applyShard(s)
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, obj any) { on(obj) }})
+	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		if ctx.Err() == nil {
+			k.report(what, err)
+		}
+	})
+	go inf.RunWithContext(ctx)
+	return cancel
+}
+
+// applyShard takes in a version of a shard Secret newer than the one held,
+// then builds the runtime if every shard is in.
+func (k *Kubernetes) applyShard(s *corev1.Secret) {
+	k.applyMu.Lock()
+	defer k.applyMu.Unlock()
+	st := k.sharded
+	if st == nil || !slices.Contains(st.index.Shards, s.Name) {
+		return // no longer named by the index
+	}
+	held := st.shards[s.Name]
+	if held != nil && !newerVersion(s.ResourceVersion, held.resourceVersion) {
+		return
+	}
+	data := s.Data[bundle.SecretDataKey]
+	doc, err := bundle.ParseShard(data)
+	if err != nil {
+		k.Store.Reject(fmt.Errorf("shard %s: %w", s.Name, err))
+		k.Log.Error("Rejected bundle shard; the last good bundle stays in force", "secret", s.Name, "error", err)
+		return
+	}
+	st.shards[s.Name] = &shardState{resourceVersion: s.ResourceVersion, doc: doc, sum: sha256.Sum256(data)}
+	k.assemble()
+}
+
+// assemble builds and installs the runtime of the index and its shards when
+// every shard it names matches it; otherwise the runtime in force stays.
+// Shards compiled for the same index are not compiled again. The caller
+// holds applyMu.
+func (k *Kubernetes) assemble() {
+	st := k.sharded
+	fp := sha256.New()
+	fp.Write(st.indexSum[:])
+	total := 0
+	for i, name := range st.index.Shards {
+		sh := st.shards[name]
+		if sh == nil || !sh.doc.Matches(st.index, i) {
+			k.Log.Debug("Waiting for a bundle shard of the current generation", "secret", name)
+			return
+		}
+		if sh.compiledFor != st.index {
+			keys, err := compileKeys(st.index.Policy, sh.doc.Keys)
+			if err != nil {
+				k.Store.Reject(fmt.Errorf("shard %s: %w", name, err))
+				k.Log.Error("Rejected bundle shard; the last good bundle stays in force", "secret", name, "error", err)
+				return
+			}
+			sh.keys, sh.compiledFor = keys, st.index
+		}
+		fp.Write(sh.sum[:])
+		total += len(sh.keys)
+	}
+	rt, err := CompileBundle(st.index) // the policy and signing keys; the index has no keys
+	if err != nil {
+		k.Store.Reject(err)
+		k.Log.Error("Rejected bundle; the last good one stays in force", "secret", st.indexName, "error", err)
+		return
+	}
+	rt.Keys = make(map[string]*Key, total)
+	for _, name := range st.index.Shards {
+		for id, key := range st.shards[name].keys {
+			rt.Keys[id] = key
+		}
+	}
+	rt.Fingerprint = fmt.Sprintf("%x", fp.Sum(nil)[:6])
+	rt.LoadedAt = time.Now()
+	k.install(st.indexName, rt)
+}
+
+// probeShards reads the named shards with GET (see probe).
+func (k *Kubernetes) probeShards(ctx context.Context) {
+	k.applyMu.Lock()
+	var names []string
+	if k.sharded != nil {
+		names = slices.Clone(k.sharded.index.Shards)
+	}
+	k.applyMu.Unlock()
+	for _, name := range names {
+		gctx, cancel := context.WithTimeout(ctx, probeInterval)
+		s := &corev1.Secret{}
+		err := k.Client.Get().Namespace(k.Namespace).Resource("secrets").Name(name).Do(gctx).Into(s)
+		cancel()
+		if err != nil {
+			return
+		}
+		k.applyShard(s)
+	}
+}
+
+// forgetHealth drops the health record of an object no longer watched.
+func (k *Kubernetes) forgetHealth(what string) {
+	k.mu.Lock()
+	delete(k.health, what)
+	k.mu.Unlock()
+}
