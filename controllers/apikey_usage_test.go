@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,8 +12,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -227,4 +231,44 @@ func TestUsageStatusWritesAreBounded(t *testing.T) {
 		t.Fatalf("%d status writes for %d minutes of use from 3 replicas, want at most one per minute", writes, minutes)
 	}
 	t.Logf("%d ApiKey writes for %d minutes × 3 replicas × 300 requests", writes, minutes)
+}
+
+// A sidecar's usage report re-queues only the ApiKeys whose reported minute
+// it added or changed (found by key ID through the cache's index), not every
+// key of the policy: at 100,000 keys and a report a minute per sidecar, the
+// latter was 100,000 reconciles a minute per replica.
+func TestUsageReportQueuesOnlyChangedKeys(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	for i := range 5 {
+		k := newApiKey(ns, fmt.Sprintf("k%d", i), "p")
+		create(t, k)
+		k.Status.KeyID = fmt.Sprintf("apk-%020d", i)
+		g.Expect(k8sClient.Status().Update(context.Background(), k)).To(Succeed())
+	}
+	c := startCache(t, ns)
+	g.Eventually(func(g Gomega) {
+		list := &keygatev1.ApiKeyList{}
+		g.Expect(c.List(context.Background(), list, client.InNamespace(ns), client.MatchingFields{indexKeyID: "apk-00000000000000000004"})).To(Succeed())
+		g.Expect(list.Items).To(HaveLen(1))
+	}, timeout, interval).Should(Succeed())
+
+	h := usageHandler{r: &ApiKeyReconciler{Client: c}}
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	usageCM := func(data map[string]string) *corev1.ConfigMap {
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: bundle.UsageConfigMapName("p"),
+			Labels: map[string]string{keygatev1.LabelTokenPolicy: "p"}}, Data: data}
+	}
+	old := usageCM(map[string]string{"apk-00000000000000000001": "2026-12-01T10:00:00Z", "apk-00000000000000000002": "2026-12-01T10:00:00Z"})
+	cur := usageCM(map[string]string{"apk-00000000000000000001": "2026-12-01T10:00:00Z", "apk-00000000000000000002": "2026-12-01T10:01:00Z",
+		"apk-00000000000000000003": "2026-12-01T10:01:00Z", "apk-unknown": "2026-12-01T10:01:00Z"})
+	h.Update(context.Background(), event.TypedUpdateEvent[client.Object]{ObjectOld: old, ObjectNew: cur}, q)
+	var queued []string
+	for q.Len() > 0 {
+		req, _ := q.Get()
+		queued = append(queued, req.Name)
+		q.Done(req)
+	}
+	g.Expect(queued).To(ConsistOf("k2", "k3"), "the changed and the new entry; not k1 (unchanged), k0 and k4 (not reported)")
 }

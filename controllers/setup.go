@@ -30,6 +30,9 @@ import (
 // indexPolicyRef indexes ApiKeys by spec.policyRef.name.
 const indexPolicyRef = "spec.policyRef.name"
 
+// indexKeyID indexes ApiKeys by status.keyID (the usage ConfigMap's keys).
+const indexKeyID = "status.keyID"
+
 // Options configure the reconcilers.
 type Options struct {
 	// Clock is the time source; the real clock when nil. Tests inject a fake one.
@@ -71,6 +74,14 @@ func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
 	}); err != nil {
 		return fmt.Errorf("index ApiKeys by policy: %w", err)
 	}
+	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexKeyID, func(o client.Object) []string {
+		if id := o.(*keygatev1.ApiKey).Status.KeyID; id != "" {
+			return []string{id}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("index ApiKeys by key ID: %w", err)
+	}
 	return nil
 }
 
@@ -86,7 +97,7 @@ func (r *ApiKeyReconciler) setup(mgr manager.Manager, concurrency int) error {
 		Watches(&keygatev1.TokenPolicy{}, handler.EnqueueRequestsFromMapFunc(r.keysOfPolicy),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Secret{}, bundleHandler{r}).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.keysOfUsage)).
+		Watches(&corev1.ConfigMap{}, usageHandler{r}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
 	if err != nil {
@@ -100,12 +111,47 @@ func (r *ApiKeyReconciler) keysOfPolicy(ctx context.Context, o client.Object) []
 	return r.requestsForPolicy(ctx, o.GetNamespace(), o.GetName())
 }
 
-// keysOfUsage maps a policy's usage ConfigMap to the policy's ApiKeys.
-func (r *ApiKeyReconciler) keysOfUsage(ctx context.Context, o client.Object) []reconcile.Request {
-	if !isUsageConfigMap(o) {
-		return nil
+// usageHandler re-queues the ApiKeys whose entry in their policy's usage
+// ConfigMap a sidecar's report added or changed, found by key ID (an index),
+// not every key of the policy: a policy's sidecars report once a minute each.
+type usageHandler struct{ r *ApiKeyReconciler }
+
+func (h usageHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
+	if cm, ok := e.Object.(*corev1.ConfigMap); ok && isUsageConfigMap(cm) {
+		h.enqueue(ctx, cm.Namespace, nil, cm.Data, q)
 	}
-	return r.requestsForPolicy(ctx, o.GetNamespace(), o.GetLabels()[keygatev1.LabelTokenPolicy])
+}
+
+func (h usageHandler) Update(ctx context.Context, e event.TypedUpdateEvent[client.Object], q apiKeyQueue) {
+	o, okOld := e.ObjectOld.(*corev1.ConfigMap)
+	n, okNew := e.ObjectNew.(*corev1.ConfigMap)
+	if okOld && okNew && isUsageConfigMap(n) {
+		h.enqueue(ctx, n.Namespace, o.Data, n.Data, q)
+	}
+}
+
+// Delete: the keys keep the last use their status recorded.
+func (h usageHandler) Delete(context.Context, event.TypedDeleteEvent[client.Object], apiKeyQueue) {}
+
+func (h usageHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {}
+
+// enqueue queues the ApiKeys of the key IDs whose reported minute differs
+// between old and cur.
+func (h usageHandler) enqueue(ctx context.Context, namespace string, old, cur map[string]string, q apiKeyQueue) {
+	for id, minute := range cur {
+		if prev, ok := old[id]; ok && prev == minute {
+			continue
+		}
+		list := &keygatev1.ApiKeyList{}
+		if err := h.r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexKeyID: id},
+			client.UnsafeDisableDeepCopy); err != nil { // only names are read
+			ctrl.LoggerFrom(ctx).Error(err, "Failed to find the ApiKey of a reported key ID")
+			continue
+		}
+		for _, k := range list.Items {
+			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
+		}
+	}
 }
 
 func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, policy string) []reconcile.Request {
