@@ -35,6 +35,8 @@ import (
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/token"
 )
 
 // TestMain doubles as the plain Go reverse proxy contender (its own process,
@@ -57,13 +59,18 @@ type contender struct {
 	name    string
 	url     string
 	headers []string
-	pid     int
+	// script is a wrk Lua script (the fresh-token row).
+	script string
+	pid    int
 	// results, per round
 	reqs      []float64
 	cpuTicks  []float64
 	p50, p99  []float64
 	rps       []float64
 	proxyless bool
+	// rssMiB is the resident set of the proxy's processes right after this
+	// contender's first run (later rounds carry the other rows' memory).
+	rssMiB float64
 }
 
 func env(name string, def int) int {
@@ -103,6 +110,7 @@ func BenchmarkPeers(b *testing.B) {
 	gop := start(b, dir, "goproxy", []*net.TCPListener{gp}, []string{"PEERS_ROLE=goproxy", "PEERS_UPSTREAM=" + up.URL}, self)
 	kg, kgURL := startSidecar(b, dir, f, upPort)
 	bearer := "Authorization: Bearer " + platformToken(b, kgURL, secret)
+	fresh := freshTokens(b, dir, f, 40000)
 
 	cs := []*contender{
 		{name: "direct", url: up.URL + "/bench", proxyless: true},
@@ -113,9 +121,12 @@ func BenchmarkPeers(b *testing.B) {
 		{name: "keygate-basic", url: kgURL + "/bench", headers: []string{basic}, pid: kg},
 		{name: "keygate-bearer", url: kgURL + "/bench", headers: []string{bearer}, pid: kg},
 		{name: "keygate-apikey", url: kgURL + "/bench", headers: []string{"X-Api-Key: apk-bench:" + secret}, pid: kg},
+		{name: "keygate-bearer-new", url: kgURL + "/bench", script: fresh, pid: kg},
 	}
 	for _, c := range cs {
-		waitOK(b, c)
+		if c.script == "" {
+			waitOK(b, c)
+		}
 	}
 	b.ResetTimer()
 	for r := 0; r < rounds; r++ {
@@ -291,6 +302,35 @@ func platformToken(b *testing.B, base, secret string) string {
 	}
 }
 
+// freshTokens mints n distinct EdDSA tokens for apk-bench (4× the sidecar's
+// verified-token cache, so nearly every request is verified afresh) and
+// writes a wrk script sending the next one with every request.
+func freshTokens(b *testing.B, dir string, f *bundletest.Fixture, n int) string {
+	rt, err := config.Compile(f.JSON())
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := token.Spec{Subject: "apk-bench", Perms: []string{"bench:Read"}, TTL: time.Hour}
+	var list strings.Builder
+	now := time.Now()
+	for range n {
+		tok, _, err := rt.Keyset.Issue(spec, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		list.WriteString(tok + "\n")
+	}
+	tokens := write(b, dir, "tokens.txt", list.String())
+	return write(b, dir, "fresh.lua", `local toks = {}
+for line in io.lines("`+tokens+`") do toks[#toks + 1] = line end
+local i = math.random(#toks)
+request = function()
+	i = i % #toks + 1
+	return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. toks[i]})
+end
+`)
+}
+
 // hs256 makes the JWT HAProxy checks: HS256, exp in an hour.
 func hs256(secret string) string {
 	enc := base64.RawURLEncoding.EncodeToString
@@ -340,10 +380,16 @@ func run(b *testing.B, c *contender, seconds int) {
 	for _, h := range c.headers {
 		args = append(args, "-H", h)
 	}
+	if c.script != "" {
+		args = append(args, "-s", c.script)
+	}
 	args = append(args, c.url)
 	before := cpuTicks(b, c.pid)
 	out, err := exec.Command("wrk", args...).CombinedOutput()
 	after := cpuTicks(b, c.pid)
+	if c.rssMiB == 0 {
+		c.rssMiB = procMiB(c.pid, "VmRSS:")
+	}
 	if err != nil {
 		b.Fatalf("wrk %s: %v\n%s", c.name, err, out)
 	}
@@ -381,12 +427,9 @@ func dur(v, unit []byte) float64 {
 	return f // µs
 }
 
-// cpuTicks is utime+stime of pid and its children (clock ticks, 100/s).
-func cpuTicks(b *testing.B, pid int) float64 {
-	if pid == 0 {
-		return 0
-	}
-	total := 0.0
+// procTree lists pid and its children.
+func procTree(pid int) []int {
+	out := []int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
@@ -397,13 +440,51 @@ func cpuTicks(b *testing.B, pid int) float64 {
 		if err != nil {
 			continue
 		}
+		i := bytes.LastIndexByte(raw, ')')
+		fields := strings.Fields(string(raw[i+2:]))
+		if ppid, _ := strconv.Atoi(fields[1]); p == pid || ppid == pid {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// procMiB sums a /proc/<pid>/status memory field (VmRSS:, VmHWM:) over pid
+// and its children, in MiB.
+func procMiB(pid int, field string) float64 {
+	if pid == 0 {
+		return 0
+	}
+	kb := 0.0
+	for _, p := range procTree(pid) {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, field); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+				kb += f
+			}
+		}
+	}
+	return kb / 1024
+}
+
+// cpuTicks is utime+stime of pid and its children (clock ticks, 100/s).
+func cpuTicks(b *testing.B, pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	total := 0.0
+	for _, p := range procTree(pid) {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
 		// Fields after the command name, which is in parentheses.
 		i := bytes.LastIndexByte(raw, ')')
 		fields := strings.Fields(string(raw[i+2:]))
-		ppid, _ := strconv.Atoi(fields[1])
-		if p != pid && ppid != pid {
-			continue
-		}
 		ut, _ := strconv.ParseFloat(fields[11], 64)
 		st, _ := strconv.ParseFloat(fields[12], 64)
 		total += ut + st
@@ -438,21 +519,29 @@ func report(b *testing.B, cs []*contender) {
 	ref := cpu["haproxy-jwt"]
 	direct := median(cs[0].rps)
 	var out strings.Builder
-	fmt.Fprintf(&out, "\n%-16s %10s %8s %9s %9s %12s %10s\n", "contender", "req/s", "×direct", "p50 µs", "p99 µs", "CPU µs/req", "×HAP-JWT")
+	fmt.Fprintf(&out, "\n%-18s %10s %8s %9s %9s %12s %10s %9s\n", "contender", "req/s", "×direct", "p50 µs", "p99 µs", "CPU µs/req", "×HAP-JWT", "RSS MiB")
 	for _, c := range cs {
-		cpuCol, ratio := "-", "-"
+		cpuCol, ratio, rss := "-", "-", "-"
 		if !c.proxyless {
 			cpuCol = fmt.Sprintf("%.1f", cpu[c.name])
 			ratio = fmt.Sprintf("%.2f", cpu[c.name]/ref)
+			rss = fmt.Sprintf("%.1f", c.rssMiB)
 		}
-		fmt.Fprintf(&out, "%-16s %10.0f %8.2f %9.0f %9.0f %12s %10s\n", c.name, median(c.rps), median(c.rps)/direct,
-			median(c.p50), median(c.p99), cpuCol, ratio)
+		fmt.Fprintf(&out, "%-18s %10.0f %8.2f %9.0f %9.0f %12s %10s %9s\n", c.name, median(c.rps), median(c.rps)/direct,
+			median(c.p50), median(c.p99), cpuCol, ratio, rss)
 	}
-	fmt.Fprintf(&out, "(%d rounds interleaved, wrk -t2 -c32; CPU = utime+stime of the proxy processes / requests)\n", len(cs[0].rps))
+	fmt.Fprintf(&out, "(%d rounds interleaved, wrk -t2 -c32; CPU = utime+stime of the proxy processes / requests;\n"+
+		"RSS MiB = VmRSS of the proxy's processes after the row's first run; keygate-bearer-new sends a token not seen before on nearly every request)\n", len(cs[0].rps))
 	fmt.Print(out.String())
 	b.ReportMetric(cpu["keygate-basic"], "keygate-basic-cpu-µs/req")
 	b.ReportMetric(cpu["keygate-bearer"], "keygate-bearer-cpu-µs/req")
 	b.ReportMetric(ref, "haproxy-jwt-cpu-µs/req")
 	b.ReportMetric(cpu["keygate-basic"]/ref, "basic-x-haproxy-jwt")
 	b.ReportMetric(cpu["keygate-bearer"]/ref, "bearer-x-haproxy-jwt")
+	b.ReportMetric(cpu["keygate-bearer-new"], "keygate-bearer-new-cpu-µs/req")
+	for _, c := range cs {
+		if c.name == "keygate-basic" || c.name == "keygate-bearer-new" {
+			b.ReportMetric(c.rssMiB, c.name+"-rss-MiB")
+		}
+	}
 }
