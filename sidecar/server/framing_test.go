@@ -97,6 +97,35 @@ func framingCases(f *bundletest.Fixture) []framingCase {
 		{name: "absolute-form target", raw: rawRequest("GET http://other.example/reports/k6 HTTP/1.1", "Host: app", auth) + smuggled, status: 200, more: 2,
 			upstream: []string{"/reports/k6 ", "/reports/smuggled "}},
 
+		// Pipelining on one connection: every request is authenticated on
+		// its own, and one outside the fast path's subset (here chunked)
+		// is served by net/http after fast-path ones, with its rules.
+		{name: "pipelined second without credentials", raw: rawRequest("GET /reports/p1 HTTP/1.1", "Host: app", auth) + rawRequest("GET /reports/p2 HTTP/1.1", "Host: app"),
+			status: 200, more: 2, upstream: []string{"/reports/p1 "}},
+		{name: "pipelined second with a forged identity header", raw: rawRequest("GET /reports/p3 HTTP/1.1", "Host: app", auth) + rawRequest("GET /reports/p4 HTTP/1.1", "Host: app", "X-Keygate-Key-Id: apk-lake"),
+			status: 200, more: 2, upstream: []string{"/reports/p3 "}},
+		{name: "pipelined chunked with content-length after a plain request", raw: rawRequest("GET /reports/p5 HTTP/1.1", "Host: app", auth) + post("/reports/p6", "Content-Length: 4", "Transfer-Encoding: chunked") + chunked + smuggled,
+			status: 200, more: 1, upstream: []string{"/reports/p5 ", "/reports/p6 hello"}},
+		{name: "connection close then pipelined", raw: rawRequest("GET /reports/p7 HTTP/1.1", "Host: app", auth, "Connection: close") + smuggled,
+			status: 200, closed: true, upstream: []string{"/reports/p7 "}},
+		{name: "expect 100-continue", raw: post("/reports/p8", "Expect: 100-continue", "Content-Length: 5") + "hello" + smuggled,
+			status: 200, more: 2, upstream: []string{"/reports/p8 hello", "/reports/smuggled "}},
+		{name: "head over the fast path's buffer", raw: post("/reports/p9", "X-Big: "+strings.Repeat("b", 10<<10), "Content-Length: 5") + "hello" + smuggled,
+			status: 200, more: 2, upstream: []string{"/reports/p9 hello", "/reports/smuggled "}},
+
+		// More head forms RFC 9112 refuses.
+		{name: "no host", raw: rawRequest("GET /reports/q1 HTTP/1.1", auth) + smuggled, status: 400, closed: true},
+		{name: "two host fields", raw: rawRequest("GET /reports/q2 HTTP/1.1", "Host: app", "Host: other", auth) + smuggled, status: 400, closed: true},
+		{name: "content-length with a sign", raw: post("/reports/q3", "Content-Length: +5") + "hello" + smuggled, status: 400, closed: true},
+		{name: "negative content-length", raw: post("/reports/q4", "Content-Length: -1") + smuggled, status: 400, closed: true},
+		{name: "identical content-lengths", raw: post("/reports/q5", "Content-Length: 5", "Content-Length: 5") + "hello" + smuggled,
+			status: 200, more: 2, upstream: []string{"/reports/q5 hello", "/reports/smuggled "}},
+		{name: "NUL in the target", raw: rawRequest("GET /reports/q6\x00x HTTP/1.1", "Host: app", auth) + smuggled, status: 400, closed: true},
+		{name: "DEL in a header", raw: post("/reports/q7", "X-A: a\x7fb", "Content-Length: 5") + "hello" + smuggled, status: 400, closed: true},
+		{name: "space before the first field", raw: "GET /reports/q8 HTTP/1.1\r\n Host: app\r\n" + auth + "\r\n\r\n" + smuggled, status: 400, closed: true},
+		{name: "chunked with content-length on the token endpoint", raw: rawRequest("POST /api/token HTTP/1.1", "Host: app", "Content-Type: application/json", "Content-Length: 2", "Transfer-Encoding: chunked") + "2\r\n{}\r\n0\r\n\r\n" + smuggled,
+			status: 400, closed: true},
+
 		// Malformed chunked bodies: the client's fault, 400 or 413, closed,
 		// never an upstream error, the upstream never reads a whole body.
 		{name: "chunk size overflows 64 bits", raw: post("/reports/l", "Transfer-Encoding: chunked") + "1ffffffffffffffff\r\nhello\r\n0\r\n\r\n" + smuggled,
