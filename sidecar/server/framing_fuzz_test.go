@@ -37,8 +37,12 @@ func FuzzRawRequest(f *testing.F) {
 			mu.Unlock()
 		}
 	})
-	// Short limits: an incomplete input ends when the sidecar gives up.
-	front := newRawFront(f, fix, up.srv.URL, Timeouts{ReadHeader: 300 * time.Millisecond, Read: time.Second, Write: 5 * time.Second, Idle: 100 * time.Millisecond})
+	// Short limits: an incomplete input ends when the sidecar gives up. Every
+	// millisecond counts: most inputs the mutator (and above all the
+	// minimizer, which runs a new input over and over) makes are incomplete
+	// and wait for these timeouts; with 300 ms / 1 s execs fell to a few a
+	// second and minimization looked like a stall.
+	front := newRawFront(f, fix, up.srv.URL, Timeouts{ReadHeader: 50 * time.Millisecond, Read: 200 * time.Millisecond, Write: 5 * time.Second, Idle: 50 * time.Millisecond})
 
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		c, err := net.Dial("tcp", front.addr)
