@@ -3,6 +3,8 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -276,5 +278,83 @@ func TestFastPathHandsOff(t *testing.T) {
 	}
 	if resp, body := readResp(t, br2, "GET"); resp.StatusCode != 200 || !bytes.Contains([]byte(body), []byte("/r/three")) {
 		t.Fatalf("HTTP/1.0: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestFastPathShutdown: on Shutdown idle fast-path connections are closed,
+// a request in flight finishes with its response, and Shutdown returns once
+// it has.
+func TestFastPathShutdown(t *testing.T) {
+	release, arrived := make(chan struct{}), make(chan struct{})
+	f := bundletest.New(bundle.AlgEdDSA)
+	f.Bundle.Policy.Rules = []bundle.Rule{{Paths: []string{"/r/*"}, Permission: "r:Read"}}
+	f.AddKey("apk-fast", []string{"r:All"})
+	store := &config.Store{}
+	if _, err := store.Update(f.JSON()); err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/r/slow" {
+			close(arrived)
+			<-release
+		}
+		_, _ = io.WriteString(w, "done "+r.URL.Path)
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	srv := New(Options{Store: store, Upstream: u, Log: slog.New(slog.DiscardHandler)})
+	fs := srv.NewFastServer(NewHTTPServer(srv.Handler(), testTimeouts), testTimeouts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- fs.Serve(ln) }()
+	auth := "Authorization: " + basic("apk-fast", f.Secrets["apk-fast"])
+
+	idle, idleBr := dialRaw(t, ln.Addr().String())
+	if _, err := io.WriteString(idle, rawRequest("GET /r/quick HTTP/1.1", "Host: app", auth)); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := readResp(t, idleBr, "GET"); body != "done /r/quick" {
+		t.Fatalf("quick: %q", body)
+	}
+	busy, busyBr := dialRaw(t, ln.Addr().String())
+	if _, err := io.WriteString(busy, rawRequest("GET /r/slow HTTP/1.1", "Host: app", auth)); err != nil {
+		t.Fatal(err)
+	}
+	// Shut down once the slow request is in flight (the upstream has it).
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request never reached the upstream")
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- fs.Shutdown(ctx)
+	}()
+	if n, err := idleBr.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("idle connection not closed on shutdown: %d %v", n, err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned with a request in flight: %v", err)
+	default:
+	}
+	close(release)
+	if resp, body := readResp(t, busyBr, "GET"); resp.StatusCode != 200 || body != "done /r/slow" {
+		t.Fatalf("in-flight request: %d %q", resp.StatusCode, body)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		_ = c.Close()
+		t.Fatal("the listener still accepts after Shutdown")
 	}
 }

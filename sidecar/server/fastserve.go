@@ -29,7 +29,12 @@ import (
 // itself, so net/http stays the judge of everything odd.
 
 // fastReadBuffer bounds a fast-path request head; longer ones go to net/http.
-const fastReadBuffer = 8 << 10
+// fastWriteBuffer is the most of a response that leaves in one write with its
+// head. Both are held for the connection's life (16 KiB per connection).
+const (
+	fastReadBuffer  = 8 << 10
+	fastWriteBuffer = 8 << 10
+)
 
 // FastServer serves a plain (not TLS) listener with the fast path in front of
 // an http.Server whose Handler is the Server's.
@@ -194,7 +199,7 @@ type fastConn struct {
 
 func newFastConn(f *FastServer, c net.Conn) *fastConn {
 	fc := &fastConn{f: f, c: c, remote: c.RemoteAddr().String(),
-		br: bufio.NewReaderSize(c, fastReadBuffer), bw: bufio.NewWriterSize(c, 16<<10)}
+		br: bufio.NewReaderSize(c, fastReadBuffer), bw: bufio.NewWriterSize(c, fastWriteBuffer)}
 	fc.w.fc = fc
 	fc.base = (&http.Request{}).WithContext(context.WithValue(context.Background(), ctxKey{}, &fc.st))
 	return fc

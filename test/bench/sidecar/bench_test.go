@@ -65,7 +65,9 @@ func fixture(alg string) *bundletest.Fixture {
 	return f
 }
 
-func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server, opts ...func(*server.Options)) *httptest.Server {
+// sidecarServer serves the sidecar as its plain main listener does (the fast
+// path in front of net/http) on loopback; URL is its base URL.
+func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server, opts ...func(*server.Options)) frontURL {
 	store := &config.Store{}
 	if _, err := store.Update(f.JSON()); err != nil {
 		b.Fatal(err)
@@ -76,10 +78,18 @@ func sidecarServer(b *testing.B, f *bundletest.Fixture, up *httptest.Server, opt
 		opt(&o)
 	}
 	srv := server.New(o)
-	front := httptest.NewServer(srv.Handler())
-	b.Cleanup(front.Close)
-	return front
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fast := srv.NewFastServer(server.NewHTTPServer(srv.Handler(), server.DefaultTimeouts), server.DefaultTimeouts)
+	go func() { _ = fast.Serve(ln) }()
+	b.Cleanup(func() { _ = fast.Close() })
+	return frontURL{URL: "http://" + ln.Addr().String()}
 }
+
+// frontURL is where a sidecar under benchmark listens.
+type frontURL struct{ URL string }
 
 func client() *http.Client {
 	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers * 2, MaxIdleConns: workers * 2, DisableCompression: true}}
