@@ -230,11 +230,14 @@ func (f *FastServer) serveConn(fc *fastConn) {
 			return
 		}
 		start := time.Now()
-		if !first {
-			setDeadline(fc.c.SetReadDeadline, f.t.ReadHeader)
-		}
+		// The header deadline is set only when the head did not arrive
+		// with its first bytes (the first request waited under it already).
+		n, err := fc.readHead(func() {
+			if !first {
+				setDeadline(fc.c.SetReadDeadline, f.t.ReadHeader)
+			}
+		})
 		first = false
-		n, err := fc.readHead()
 		if err != nil && (!errors.Is(err, io.EOF) || fc.br.Buffered() == 0) {
 			return // a timeout or a reset: net/http would close too
 		}
@@ -248,10 +251,15 @@ func (f *FastServer) serveConn(fc *fastConn) {
 			return
 		}
 		_, _ = fc.br.Discard(n)
-		if f.t.Read > 0 {
-			_ = fc.c.SetReadDeadline(start.Add(f.t.Read))
-		} else {
-			_ = fc.c.SetReadDeadline(time.Time{})
+		// A body still to come is read under --read-timeout from the start
+		// of the request; with none, the connection is not read again
+		// before the next request's deadline is set.
+		if fc.req.ContentLength > int64(fc.br.Buffered()) {
+			if f.t.Read > 0 {
+				_ = fc.c.SetReadDeadline(start.Add(f.t.Read))
+			} else {
+				_ = fc.c.SetReadDeadline(time.Time{})
+			}
 		}
 		setDeadline(fc.c.SetWriteDeadline, f.t.Write)
 		if !fc.serveRequest() {
@@ -269,16 +277,20 @@ func setDeadline(set func(time.Time) error, d time.Duration) {
 }
 
 // readHead waits until the buffer holds a complete request head and returns
-// its length, or -1 when the head is not for the fast path (longer than the
+// its length (calling beforeWait once before it first waits for more bytes),
+// or -1 when the head is not for the fast path (longer than the
 // buffer, a bare LF or CR).
-func (fc *fastConn) readHead() (int, error) {
-	for {
+func (fc *fastConn) readHead(beforeWait func()) (int, error) {
+	for waited := false; ; waited = true {
 		b, _ := fc.br.Peek(fc.br.Buffered())
 		if n := wire.HeadEnd(b); n != 0 {
 			return n, nil
 		}
 		if len(b) == fc.br.Size() {
 			return -1, nil
+		}
+		if !waited {
+			beforeWait()
 		}
 		if _, err := fc.br.Peek(len(b) + 1); err != nil {
 			return 0, err
