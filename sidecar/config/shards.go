@@ -53,7 +53,11 @@ func (k *Kubernetes) applyIndex(name string, index *bundle.Bundle, data []byte) 
 		st = &shardedState{shards: map[string]*shardState{}, watches: map[string]context.CancelFunc{}}
 		k.sharded = st
 	}
-	st.index, st.indexName, st.indexSum = index, name, sha256.Sum256(data)
+	sum := sha256.Sum256(data)
+	if st.index != nil && sum == st.indexSum {
+		return // the same document (only the Secret's metadata changed)
+	}
+	st.index, st.indexName, st.indexSum = index, name, sum
 	for shard, stop := range st.watches {
 		if !slices.Contains(index.Shards, shard) {
 			stop()
