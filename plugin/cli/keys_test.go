@@ -223,3 +223,21 @@ func TestRotate(t *testing.T) {
 	wantCode(t, kg(t, "rotate", "a", "-n", ns, "--wait", "--timeout", "8s"), ExitError,
 		`timed out after 8s: ApiKey `+ns+`/a has secret version 4, but the bundle of TokenPolicy "payments" carries no entry for it (the key is not Ready: Disabled)`)
 }
+
+// status reads a sharded bundle (maxApiKeys above bundle.KeysPerShard) whole:
+// the index and the shards it names.
+func TestStatusOfShardedPolicy(t *testing.T) {
+	ns := createNamespace(t, "sharded")
+	createPolicy(t, ns, "big", keygatev1.TokenPolicySpec{MaxApiKeys: 5000})
+	for _, name := range []string{"one", "two", "three"} {
+		createKey(t, ns, name, keySpec("big", "charges:List"))
+	}
+	waitFor(t, operatorTimeout, "every key in the sharded bundle", func() bool {
+		r := kg(t, "status", "-p", "big", "-n", ns)
+		return r.code == 0 && strings.Contains(r.out, "3 in the bundle")
+	})
+	r := kg(t, "status", "-n", ns, "-o", "json")
+	if r.code != 0 || strings.Count(r.out, `"inBundle": "yes"`) != 3 {
+		t.Errorf("status of the keys of a sharded policy: %+v", r)
+	}
+}
