@@ -118,7 +118,7 @@ type usageHandler struct{ r *ApiKeyReconciler }
 
 func (h usageHandler) Create(ctx context.Context, e event.TypedCreateEvent[client.Object], q apiKeyQueue) {
 	if cm, ok := e.Object.(*corev1.ConfigMap); ok && isUsageConfigMap(cm) {
-		h.enqueue(ctx, cm.Namespace, nil, cm.Data, q)
+		h.enqueue(ctx, cm, nil, q)
 	}
 }
 
@@ -126,7 +126,7 @@ func (h usageHandler) Update(ctx context.Context, e event.TypedUpdateEvent[clien
 	o, okOld := e.ObjectOld.(*corev1.ConfigMap)
 	n, okNew := e.ObjectNew.(*corev1.ConfigMap)
 	if okOld && okNew && isUsageConfigMap(n) {
-		h.enqueue(ctx, n.Namespace, o.Data, n.Data, q)
+		h.enqueue(ctx, n, o.Data, q)
 	}
 }
 
@@ -136,8 +136,11 @@ func (h usageHandler) Delete(context.Context, event.TypedDeleteEvent[client.Obje
 func (h usageHandler) Generic(context.Context, event.TypedGenericEvent[client.Object], apiKeyQueue) {}
 
 // enqueue queues the ApiKeys of the key IDs whose reported minute differs
-// between old and cur.
-func (h usageHandler) enqueue(ctx context.Context, namespace string, old, cur map[string]string, q apiKeyQueue) {
+// between old and cur. A key ID no ApiKey carries in the cache yet (the
+// status naming it is not written or not seen yet) queues every key of the
+// policy once: rare, and the report is not lost.
+func (h usageHandler) enqueue(ctx context.Context, cm *corev1.ConfigMap, old map[string]string, q apiKeyQueue) {
+	namespace, cur, unmatched := cm.Namespace, cm.Data, false
 	for id, minute := range cur {
 		if prev, ok := old[id]; ok && prev == minute {
 			continue
@@ -148,8 +151,14 @@ func (h usageHandler) enqueue(ctx context.Context, namespace string, old, cur ma
 			ctrl.LoggerFrom(ctx).Error(err, "Failed to find the ApiKey of a reported key ID")
 			continue
 		}
+		unmatched = unmatched || len(list.Items) == 0
 		for _, k := range list.Items {
 			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
+		}
+	}
+	if unmatched {
+		for _, req := range h.r.requestsForPolicy(ctx, namespace, cm.Labels[keygatev1.LabelTokenPolicy]) {
+			q.Add(req)
 		}
 	}
 }
