@@ -45,7 +45,7 @@ type TokenPolicyReconciler struct {
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
