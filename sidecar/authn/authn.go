@@ -9,8 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
-	"hash"
-	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -106,11 +104,15 @@ func ParseAuthorization(h string, isBearer func(string) bool) (Credentials, erro
 		if len(rest) > 4096 {
 			return Credentials{}, ErrMalformed
 		}
-		raw, err := base64.StdEncoding.Strict().DecodeString(rest)
+		sc := getScratch()
+		defer putScratch(sc)
+		sc.in = append(sc.in[:0], rest...)
+		sc.out = slicesGrow(sc.out[:0], base64.StdEncoding.DecodedLen(len(rest)))
+		n, err := base64.StdEncoding.Strict().Decode(sc.out, sc.in)
 		if err != nil {
 			return Credentials{}, ErrMalformed
 		}
-		s := string(raw)
+		s := string(sc.out[:n])
 		i := strings.IndexByte(s, ':')
 		if i <= 0 || i == len(s)-1 {
 			return Credentials{}, ErrMalformed
@@ -126,6 +128,31 @@ func ParseAuthorization(h string, isBearer func(string) bool) (Credentials, erro
 	return Credentials{Scheme: scheme, Token: rest}, nil
 }
 
+// scratch holds the bytes of one credential check, pooled so that checking
+// a secret allocates nothing; the copies are cleared before reuse.
+type scratch struct {
+	in, out []byte
+	sum     [sha256.Size]byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return &scratch{} }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(sc *scratch) {
+	clear(sc.in[:cap(sc.in)])
+	clear(sc.out[:cap(sc.out)])
+	clear(sc.sum[:])
+	scratchPool.Put(sc)
+}
+
+func slicesGrow(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
 // Authenticator authenticates requests against the runtime in force.
 type Authenticator struct {
 	Revoked *revocation.Set
@@ -138,10 +165,12 @@ type Authenticator struct {
 // CheckSecret authenticates keyID and secret. Unknown key and wrong secret
 // take the same work: one HMAC and comparisons against two digests.
 func CheckSecret(rt *config.Runtime, keyID, secret string, now time.Time) (*config.Key, *Error) {
+	sc := getScratch()
+	defer putScratch(sc)
 	m := rt.MAC()
-	_, _ = io.WriteString(m, secret)
-	var buf [sha256.Size]byte
-	sum := m.Sum(buf[:0])
+	sc.in = append(sc.in[:0], secret...)
+	_, _ = m.Write(sc.in)
+	sum := m.Sum(sc.sum[:0])
 	rt.PutMAC(m)
 	k := rt.Keys[keyID]
 	d0, d1 := rt.DummyDigest, rt.DummyDigest
@@ -243,17 +272,13 @@ func CheckAddress(rt *config.Runtime, id *Identity, addr netip.Addr) *Error {
 	return nil
 }
 
-var sha256Pool = sync.Pool{New: func() any { return sha256.New() }}
-
 // tokenHash is SHA-256 of a token without allocating: the cache key, so the
 // cache holds 32 bytes per token, not the token.
-func tokenHash(raw string) (out [32]byte) {
-	h := sha256Pool.Get().(hash.Hash)
-	h.Reset()
-	_, _ = io.WriteString(h, raw)
-	h.Sum(out[:0])
-	sha256Pool.Put(h)
-	return out
+func tokenHash(raw string) [32]byte {
+	sc := getScratch()
+	defer putScratch(sc)
+	sc.in = append(sc.in[:0], raw...)
+	return sha256.Sum256(sc.in)
 }
 
 type cached struct {

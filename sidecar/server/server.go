@@ -178,8 +178,10 @@ type request struct {
 	now   time.Time
 	rt    *config.Runtime
 	addr  netip.Addr
-	// addrText is addr.String(), made once.
+	// addrText is addr.String(), made once; memo is the previous
+	// request's on the same state (the fast path's connections).
 	addrText string
+	memo     addrMemo
 	identity *authn.Identity
 	result   string
 	reason   string
@@ -192,6 +194,11 @@ type request struct {
 	body *bodyGuard
 	// vals backs the single-value header fields forwardHeaders sets.
 	vals [8]string
+}
+
+type addrMemo struct {
+	addr netip.Addr
+	text string
 }
 
 type ctxKey struct{}
@@ -210,9 +217,13 @@ func (s *Server) withRequest(next http.Handler) http.Handler {
 			st = &request{}
 			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, st))
 		}
-		*st = request{start: time.Now(), result: "allow"}
+		// A connection's client address rarely changes: its text is
+		// kept from the previous request on the same state.
+		memo := addrMemo{st.addr, st.addrText}
+		*st = request{start: time.Now(), result: "allow", memo: memo}
 		st.now = s.now()
-		st.id = s.reqPfx + strconv.FormatUint(s.reqSeq.Add(1), 36)
+		var idBuf [32]byte
+		st.id = string(strconv.AppendUint(append(idBuf[:0], s.reqPfx...), s.reqSeq.Add(1), 36))
 		next.ServeHTTP(w, r)
 		if st.identity != nil {
 			s.opts.Usage.Seen(st.identity.KeyID, st.now)
@@ -257,7 +268,10 @@ func (s *Server) withClientAddr(next http.Handler) http.Handler {
 			writeError(w, r, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "client address cannot be determined"})
 			return
 		}
-		st.addr, st.addrText = addr, addr.String()
+		st.addr, st.addrText = addr, st.memo.text
+		if addr != st.memo.addr || st.memo.text == "" {
+			st.addrText = addr.String()
+		}
 		if !cleanPath(r.URL.Path) || encodedSlash(r.URL.RawPath) {
 			st.result, st.reason = "deny", "unclean_path"
 			writeError(w, r, http.StatusBadRequest, errorBody{Error: "bad_request", Message: "path is not in canonical form"})
