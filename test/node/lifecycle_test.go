@@ -152,7 +152,9 @@ func checkQuietStart(t *testing.T) {
 	g.Expect(suite.k8s.List(t.Context(), events, client.InNamespace(systemNamespace))).To(Succeed())
 	for _, p := range pods {
 		for _, e := range events.Items {
-			if e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == p.Name && e.Type == corev1.EventTypeWarning {
+			// MissingClusterDNS: this node runs no cluster DNS (docs/e2e.md), a fact of the node, not of keygate.
+			if e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == p.Name && e.Type == corev1.EventTypeWarning &&
+				e.Reason != "MissingClusterDNS" {
 				t.Errorf("manager pod %s: Warning event %s: %s (x%d)", p.Name, e.Reason, e.Message, e.Count)
 			}
 		}
