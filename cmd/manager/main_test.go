@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -42,21 +43,8 @@ const (
 // real API server: it becomes ready, reconciles, and exports keygate's metrics.
 func TestManagerServesProbesAndMetrics(t *testing.T) {
 	g := NewWithT(t)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest (KUBEBUILDER_ASSETS=bin/k8s): %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
-
+	cfg, c := startAPIServer(t, &envtest.Environment{})
 	kubeconfig := writeKubeconfig(t, cfg)
-
-	scheme := runtime.NewScheme()
-	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-	g.Expect(admissionregistrationv1.AddToScheme(scheme)).To(Succeed())
-	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
 	// What the kustomize install provides for the injection webhook: the
 	// manager's namespace and the webhook configuration whose caBundle the
 	// manager keeps in sync (readiness waits for it).
@@ -115,6 +103,27 @@ func startReadyManager(t *testing.T, args ...string) (m *managerProcess, probeAd
 	}
 }
 
+// startAPIServer starts env (keygate's CRDs installed) until the test ends and
+// returns its config and a client knowing keygate's types.
+func startAPIServer(t *testing.T, env *envtest.Environment) (*rest.Config, client.Client) {
+	t.Helper()
+	env.CRDDirectoryPaths = []string{filepath.Join("..", "..", "config", "crd", "bases")}
+	env.ErrorIfCRDPathMissing = true
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start envtest (KUBEBUILDER_ASSETS=bin/k8s): %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(keygatev1.AddToScheme(scheme))
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, c
+}
+
 // webhookConfiguration reads the MutatingWebhookConfiguration of config/webhook.
 func webhookConfiguration(t *testing.T) *admissionregistrationv1.MutatingWebhookConfiguration {
 	t.Helper()
@@ -135,12 +144,7 @@ func webhookConfiguration(t *testing.T) *admissionregistrationv1.MutatingWebhook
 // reconciles. (A separate process: controller names are process-global.)
 func TestManagerRunsWithoutInjection(t *testing.T) {
 	g := NewWithT(t)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest (KUBEBUILDER_ASSETS=bin/k8s): %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg, c := startAPIServer(t, &envtest.Environment{})
 
 	m := startManagerProcess(t, "--kubeconfig="+writeKubeconfig(t, cfg), "--metrics-bind-address=0",
 		"--health-probe-bind-address=127.0.0.1:0", "--enable-injection=false")
@@ -148,12 +152,6 @@ func TestManagerRunsWithoutInjection(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred(), "manager log:\n%s", m.log())
 	g.Eventually(func() int { return status("http://" + probeAddr + "/readyz") }, timeout, interval).Should(Equal(http.StatusOK))
 	ctx := context.Background()
-
-	scheme := runtime.NewScheme()
-	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(c.Create(ctx, &keygatev1.TokenPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p"},
 		Spec: keygatev1.TokenPolicySpec{Issuer: "https://x.example.com", Audience: "x"}})).To(Succeed())
 	g.Eventually(func() error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,9 +11,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -38,23 +35,12 @@ const actBound = 30 * time.Second
 // server.
 func TestManagerActsSoonAfterAnAPIOutage(t *testing.T) {
 	g := NewWithT(t)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true, ControlPlaneStopTimeout: 3 * time.Second}
+	env := &envtest.Environment{ControlPlaneStopTimeout: 3 * time.Second}
 	// A fixed certificate directory keeps the serving certificate (and so
 	// the kubeconfig) valid across the restart.
 	certDir := t.TempDir()
 	env.ControlPlane.GetAPIServer().CertDir = certDir
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest (KUBEBUILDER_ASSETS=bin/k8s): %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
-
-	scheme := runtime.NewScheme()
-	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
-	g.Expect(keygatev1.AddToScheme(scheme)).To(Succeed())
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
+	cfg, c := startAPIServer(t, env)
 
 	m := startManagerProcess(t, "--kubeconfig="+writeKubeconfig(t, cfg), "--metrics-bind-address=127.0.0.1:0",
 		"--health-probe-bind-address=127.0.0.1:0", "--enable-injection=false")

@@ -128,7 +128,7 @@ func CopyChunked(dst *bufio.Writer, src *bufio.Reader) error {
 		if !ok {
 			return ErrChunked
 		}
-		if hopByHop(name) || equalFoldBytes(name, "content-length") || equalFoldBytes(name, "host") {
+		if hopByHop(name) || equalFold(name, "content-length") || equalFold(name, "host") {
 			continue
 		}
 		for _, s := range [][]byte{name, []byte(": "), value, []byte("\r\n")} {

@@ -282,8 +282,9 @@ func parseLength(v string) (int64, bool) {
 	return n, err == nil
 }
 
-// equalFold compares s with a lower-case ASCII name, ignoring case.
-func equalFold(s, lower string) bool {
+// equalFold compares s (a string or bytes) with a lower-case ASCII name,
+// ignoring case.
+func equalFold[T string | []byte](s T, lower string) bool {
 	if len(s) != len(lower) {
 		return false
 	}

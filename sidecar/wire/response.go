@@ -116,24 +116,24 @@ func ReadResponse(br *bufio.Reader, method string, out, scratch []byte, date []b
 			return res, out, raw, ErrResponseHead
 		}
 		switch {
-		case equalFoldBytes(name, "connection"):
+		case equalFold(name, "connection"):
 			for _, tok := range commaList(value) {
 				switch {
-				case equalFoldBytes(tok, "close"):
+				case equalFold(tok, "close"):
 					res.KeepAlive = false
-				case equalFoldBytes(tok, "keep-alive"):
+				case equalFold(tok, "keep-alive"):
 				case len(drops) < cap(drops):
 					drops = append(drops, tok)
 				default:
 					return res, out, raw, ErrResponseHead
 				}
 			}
-		case equalFoldBytes(name, "transfer-encoding"):
-			if chunked || !equalFoldBytes(value, "chunked") {
+		case equalFold(name, "transfer-encoding"):
+			if chunked || !equalFold(value, "chunked") {
 				return res, out, raw, ErrResponseHead
 			}
 			chunked = true
-		case equalFoldBytes(name, "content-length"):
+		case equalFold(name, "content-length"):
 			n, ok := parseLength(string(value))
 			if !ok || lengths > 0 && n != length {
 				return res, out, raw, ErrResponseHead
@@ -151,10 +151,10 @@ func ReadResponse(br *bufio.Reader, method string, out, scratch []byte, date []b
 	for i := 1; i < len(lines)-1; i++ {
 		l := line(i)
 		name, value, _ := splitFieldBytes(l)
-		if hopByHop(name) || named(drops, name) || equalFoldBytes(name, "content-length") {
+		if hopByHop(name) || named(drops, name) || equalFold(name, "content-length") {
 			continue
 		}
-		if equalFoldBytes(name, "date") {
+		if equalFold(name, "date") {
 			hasDate = true
 		}
 		out = append(out, name...)
@@ -200,7 +200,7 @@ var hopHeaders = [...]string{"connection", "keep-alive", "proxy-connection", "pr
 
 func hopByHop(name []byte) bool {
 	for _, h := range hopHeaders {
-		if equalFoldBytes(name, h) {
+		if equalFold(name, h) {
 			return true
 		}
 	}
@@ -277,20 +277,4 @@ func splitFieldBytes(line []byte) (name, value []byte, ok bool) {
 		}
 	}
 	return line[:i], v, true
-}
-
-func equalFoldBytes(s []byte, lower string) bool {
-	if len(s) != len(lower) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lower[i] {
-			return false
-		}
-	}
-	return true
 }
