@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"strings"
+
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -8,7 +10,7 @@ import (
 )
 
 // completeKeys completes the first argument with the namespace's ApiKeys.
-func (o *Options) completeKeys(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+func (o *Options) completeKeys(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 	if len(args) > 0 && cmd.Name() != "rotate" {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -16,13 +18,16 @@ func (o *Options) completeKeys(cmd *cobra.Command, args []string, _ string) ([]s
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
-	list := &keygatev1.ApiKeyList{}
-	if err := s.client.List(cmd.Context(), list, client.InNamespace(s.namespace)); err != nil {
+	var names []string
+	err = s.eachKeyPage(cmd.Context(), func(keys []keygatev1.ApiKey) {
+		for _, k := range keys {
+			if strings.HasPrefix(k.Name, toComplete) {
+				names = append(names, k.Name)
+			}
+		}
+	}, client.InNamespace(s.namespace))
+	if err != nil {
 		return nil, cobra.ShellCompDirectiveError
-	}
-	names := make([]string, 0, len(list.Items))
-	for _, k := range list.Items {
-		names = append(names, k.Name)
 	}
 	return names, cobra.ShellCompDirectiveNoFileComp
 }

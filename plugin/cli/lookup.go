@@ -41,15 +41,16 @@ func (s *session) getKey(ctx context.Context, ns, name string) (*keygatev1.ApiKe
 // namespacesOf lists the namespaces holding an ApiKey called name; it is a
 // hint only, so an error (no cluster-wide list permission) yields none.
 func (s *session) namespacesOf(ctx context.Context, name string) []string {
-	list := &keygatev1.ApiKeyList{}
-	if err := s.client.List(ctx, list, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", name)}); err != nil {
-		return nil
-	}
 	var out []string
-	for _, k := range list.Items {
-		if k.Name == name {
-			out = append(out, fmt.Sprintf("%q", k.Namespace))
+	err := s.eachKeyPage(ctx, func(keys []keygatev1.ApiKey) {
+		for _, k := range keys {
+			if k.Name == name {
+				out = append(out, fmt.Sprintf("%q", k.Namespace))
+			}
 		}
+	}, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", name)})
+	if err != nil {
+		return nil
 	}
 	sort.Strings(out)
 	return out
@@ -58,19 +59,38 @@ func (s *session) namespacesOf(ctx context.Context, name string) []string {
 // listKeys lists the ApiKeys of ns (all namespaces when ns is empty)
 // matching selector, sorted by namespace and name.
 func (s *session) listKeys(ctx context.Context, ns string, selector labels.Selector) ([]keygatev1.ApiKey, error) {
-	list := &keygatev1.ApiKeyList{}
 	opts := []client.ListOption{client.MatchingLabelsSelector{Selector: selector}}
 	if ns != "" {
 		opts = append(opts, client.InNamespace(ns))
 	}
-	if err := s.client.List(ctx, list, opts...); err != nil {
+	var keys []keygatev1.ApiKey
+	if err := s.eachKeyPage(ctx, func(page []keygatev1.ApiKey) { keys = append(keys, page...) }, opts...); err != nil {
 		return nil, fmt.Errorf("list ApiKeys: %w", err)
 	}
-	sort.Slice(list.Items, func(i, j int) bool {
-		a, b := list.Items[i], list.Items[j]
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
 		return a.Namespace < b.Namespace || a.Namespace == b.Namespace && a.Name < b.Name
 	})
-	return list.Items, nil
+	return keys, nil
+}
+
+// defaultListPageSize is Options.ListPageSize's default.
+const defaultListPageSize = 500
+
+// eachKeyPage lists the ApiKeys matching opts s.pageSize at a time (the API
+// server's chunking, as kubectl get does) and hands each page to fn.
+func (s *session) eachKeyPage(ctx context.Context, fn func([]keygatev1.ApiKey), opts ...client.ListOption) error {
+	cont := ""
+	for {
+		list := &keygatev1.ApiKeyList{}
+		if err := s.client.List(ctx, list, append(opts, client.Limit(s.pageSize), client.Continue(cont))...); err != nil {
+			return err
+		}
+		fn(list.Items)
+		if cont = list.Continue; cont == "" {
+			return nil
+		}
+	}
 }
 
 // getPolicy reads a TokenPolicy.

@@ -46,6 +46,10 @@ type Options struct {
 	IsTerminal func(w io.Writer) bool
 	// PollInterval is how often --wait looks (default 250ms).
 	PollInterval time.Duration
+	// ListPageSize is how many ApiKeys one List request asks for (default
+	// 500, kubectl's --chunk-size): a policy can hold 100,000 keys, and the
+	// plugin pages through them as kubectl get does.
+	ListPageSize int64
 }
 
 // usageError is a mistake in the command line: exit code 2.
@@ -142,6 +146,7 @@ type session struct {
 	client    client.Client
 	core      kubernetes.Interface
 	namespace string
+	pageSize  int64
 }
 
 func newScheme() (*runtime.Scheme, error) {
@@ -180,7 +185,11 @@ func (o *Options) connect() (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &session{cfg: cfg, client: c, core: core, namespace: ns}, nil
+	pageSize := o.ListPageSize
+	if pageSize <= 0 {
+		pageSize = defaultListPageSize
+	}
+	return &session{cfg: cfg, client: c, core: core, namespace: ns, pageSize: pageSize}, nil
 }
 
 // exactArgs is cobra.ExactArgs with a usage error.
