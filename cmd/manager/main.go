@@ -34,8 +34,8 @@ import (
 
 // Client-side rate limit of the manager's API client (see --kube-api-qps).
 const (
-	DefaultKubeAPIQPS   = 50
-	DefaultKubeAPIBurst = 100
+	DefaultKubeAPIQPS   = 200
+	DefaultKubeAPIBurst = 400
 )
 
 func main() {

@@ -337,8 +337,11 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 }
 
 func printTable(rows []result) {
-	fmt.Printf("keygate at scale: manager and sidecar as processes (default flags%s), envtest API server + etcd\n",
-		strings.TrimSuffix(" "+os.Getenv("BENCH_MANAGER_ARGS"), " "))
+	flags := "default flags"
+	if args := os.Getenv("BENCH_MANAGER_ARGS"); args != "" {
+		flags += "; manager " + args
+	}
+	fmt.Printf("keygate at scale: manager and sidecar as processes (%s), envtest API server + etcd\n", flags)
 	fmt.Println("| N | API ceiling (N Secrets + N ApiKeys) | operator: all settled | Ready / BundleTooLarge | in the sidecar | (all Ready and in the sidecar) / ceiling | change→sidecar p50 / p99 | manager VmHWM | sidecar VmHWM | etcd db |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
