@@ -45,39 +45,10 @@ func TestTLSClientCertificates(t *testing.T) {
 	caFile := filepath.Join(dir, "ca.crt")
 	certtest.InstallFile(t, caFile, clients.PEM())
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	addrs := make(chan [2]string, 1)
-	go func() {
-		done <- run(ctx, []string{"--bundle-file", bundleFile, "--upstream-port", fmt.Sprint(up.Listener.Addr().(*net.TCPAddr).Port),
-			"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error",
-			"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key"), "--tls-client-ca-file", caFile},
-			func(main, admin net.Addr) { addrs <- [2]string{main.String(), admin.String()} })
-	}()
-	var mainAddr, adminAddr string
-	select {
-	case a := <-addrs:
-		mainAddr, adminAddr = a[0], a[1]
-	case err := <-done:
-		cancel()
-		t.Fatalf("run: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	adminGet := func(path string) string {
-		r, err := http.Get("http://" + adminAddr + path)
-		if err != nil {
-			return ""
-		}
-		defer func() { _ = r.Body.Close() }()
-		b, _ := io.ReadAll(r.Body)
-		return string(b)
-	}
-	eventually(t, 20*time.Second, "ready", func() bool { return strings.HasPrefix(adminGet("/readyz"), "ok") })
+	in := runInstance(t, "sidecar", "--bundle-file", bundleFile, "--upstream-port", fmt.Sprint(up.Listener.Addr().(*net.TCPAddr).Port),
+		"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error",
+		"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key"), "--tls-client-ca-file", caFile)
+	mainAddr, adminGet := in.mainAddr(), in.adminGet
 
 	get := func(h2 bool, certs ...tls.Certificate) (int, string, error) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serving.Pool, Certificates: certs}, ForceAttemptHTTP2: h2}

@@ -150,14 +150,33 @@ type instance struct {
 }
 
 func startInstance(t testing.TB, name string, upstreamPort int, extraArgs ...string) *instance {
-	in := &instance{t: t, name: name}
-	in.args = []string{"--policy", policy, "--namespace", namespace, "--kubeconfig", kubeconfig,
+	args := []string{"--policy", policy, "--namespace", namespace, "--kubeconfig", kubeconfig,
 		"--upstream-port", fmt.Sprint(upstreamPort), "--port", "0", "--admin-port", "0",
 		"--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error", "--failure-limit", "1000000"}
-	in.args = append(in.args, extraArgs...)
+	return runInstance(t, name, append(args, extraArgs...)...)
+}
+
+// runInstance runs the sidecar with exactly args (port 0 among them) until
+// the test ends, once it is ready.
+func runInstance(t testing.TB, name string, args ...string) *instance {
+	in := &instance{t: t, name: name, args: args}
 	in.start()
 	t.Cleanup(in.stop)
 	return in
+}
+
+// mainAddr is the host:port of the main listener.
+func (in *instance) mainAddr() string { return strings.TrimPrefix(in.base, "http://") }
+
+// adminGet returns the body of GET path on the admin port, "" when it cannot be reached.
+func (in *instance) adminGet(path string) string {
+	r, err := http.Get(in.admin + path)
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = r.Body.Close() }()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
 }
 
 // start runs the instance on port 0 (a restart gets new ports) and waits

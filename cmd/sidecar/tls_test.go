@@ -42,39 +42,10 @@ func TestTLSListener(t *testing.T) {
 	c1, k1 := authority.Issue(t, 1)
 	certtest.Install(t, dir, c1, k1)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	addrs := make(chan [2]string, 1)
-	go func() {
-		done <- run(ctx, []string{"--bundle-file", bundleFile, "--upstream-port", fmt.Sprint(upPort),
-			"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error",
-			"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key")},
-			func(main, admin net.Addr) { addrs <- [2]string{main.String(), admin.String()} })
-	}()
-	var mainAddr, adminAddr string
-	select {
-	case a := <-addrs:
-		mainAddr, adminAddr = a[0], a[1]
-	case err := <-done:
-		cancel()
-		t.Fatalf("run: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	adminGet := func(path string) string {
-		r, err := http.Get("http://" + adminAddr + path)
-		if err != nil {
-			return ""
-		}
-		defer func() { _ = r.Body.Close() }()
-		b, _ := io.ReadAll(r.Body)
-		return string(b)
-	}
-	eventually(t, 20*time.Second, "ready", func() bool { return strings.HasPrefix(adminGet("/readyz"), "ok") })
+	in := runInstance(t, "sidecar", "--bundle-file", bundleFile, "--upstream-port", fmt.Sprint(upPort),
+		"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1", "--drain-timeout", "1s", "--log-level", "error",
+		"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key"))
+	mainAddr, adminGet := in.mainAddr(), in.adminGet
 
 	for _, h2 := range []bool{false, true} {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: authority.Pool}, ForceAttemptHTTP2: h2}
