@@ -75,17 +75,33 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 }
 
 // startReadyManager starts the manager with args plus a webhook address and
-// waits until /readyz passes. The webhook port must be fixed: controller-
-// runtime's webhook readiness check dials the configured port, so port 0
-// cannot be used there. A port taken between freeAddr and the bind makes the
-// manager exit with "address already in use", and another port is tried.
+// waits until /readyz passes (see waitReady).
 func startReadyManager(t *testing.T, args ...string) (m *managerProcess, probeAddr, metricsAddr string) {
+	t.Helper()
+	start := func() *managerProcess { return startWithWebhook(t, args...) }
+	return waitReady(t, start(), start)
+}
+
+// startWithWebhook starts the manager with args plus a free webhook address.
+// The webhook port must be fixed: controller-runtime's webhook readiness
+// check dials the configured port, so port 0 cannot be used there.
+func startWithWebhook(t *testing.T, args ...string) *managerProcess {
+	t.Helper()
+	host, port, err := net.SplitHostPort(freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startManagerProcess(t, append(slices.Clone(args), "--webhook-host="+host, "--webhook-port="+port)...)
+}
+
+// waitReady waits until m's /readyz passes. A webhook port taken between
+// freeAddr and the bind makes the manager exit with "address already in
+// use": restart then starts it again (on another port).
+func waitReady(t *testing.T, m *managerProcess, restart func() *managerProcess) (_ *managerProcess, probeAddr, metricsAddr string) {
 	t.Helper()
 	g := NewWithT(t)
 	for attempt := 0; ; attempt++ {
-		webhookHost, webhookPort, err := net.SplitHostPort(freeAddr(t))
-		g.Expect(err).NotTo(HaveOccurred())
-		m = startManagerProcess(t, append(slices.Clone(args), "--webhook-host="+webhookHost, "--webhook-port="+webhookPort)...)
+		var err error
 		probeAddr, metricsAddr, err = m.addrs(t)
 		if err != nil && !m.exited() {
 			t.Fatalf("manager addresses: %v\n%s", err, m.log())
@@ -100,6 +116,7 @@ func startReadyManager(t *testing.T, args ...string) (m *managerProcess, probeAd
 		if attempt == 3 || !strings.Contains(m.log(), "address already in use") {
 			t.Fatalf("manager exited: %v\n%s", err, m.log())
 		}
+		m = restart()
 	}
 }
 

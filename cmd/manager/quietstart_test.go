@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -43,34 +41,19 @@ func TestTwoReplicasStartQuietly(t *testing.T) {
 		m       *managerProcess
 		certDir string
 	}
-	start := func(certDir string) *managerProcess {
-		host, port, err := net.SplitHostPort(freeAddr(t))
-		g.Expect(err).NotTo(HaveOccurred())
-		return startManagerProcess(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=0",
-			"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace="+ns,
-			"--watch-namespaces=default", "--webhook-service-namespace="+ns, "--webhook-cert-dir="+certDir,
-			"--webhook-host="+host, "--webhook-port="+port)
+	start := func(certDir string) func() *managerProcess {
+		return func() *managerProcess {
+			return startWithWebhook(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=0",
+				"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace="+ns,
+				"--watch-namespaces=default", "--webhook-service-namespace="+ns, "--webhook-cert-dir="+certDir)
+		}
 	}
 	replicas := []*replica{{certDir: t.TempDir()}, {certDir: t.TempDir()}}
 	for _, r := range replicas { // both at once: no waiting in between
-		r.m = start(r.certDir)
+		r.m = start(r.certDir)()
 	}
 	for _, r := range replicas {
-		for attempt := 0; ; attempt++ {
-			probeAddr, _, err := r.m.addrs(t)
-			if err == nil {
-				g.Eventually(func() bool { return r.m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
-					Should(BeTrue(), "manager ready or exited")
-			}
-			if !r.m.exited() {
-				break
-			}
-			// A webhook port taken between freeAddr and the bind: try another.
-			if attempt == 3 || !strings.Contains(r.m.log(), "address already in use") {
-				t.Fatalf("manager exited: %v\n%s", err, r.m.log())
-			}
-			r.m = start(r.certDir)
-		}
+		r.m, _, _ = waitReady(t, r.m, start(r.certDir))
 	}
 
 	g.Eventually(func(g Gomega) {

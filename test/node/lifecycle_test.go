@@ -103,12 +103,7 @@ func testKustomize(t *testing.T) {
 	kubectl(t, "apply", "-k", "config/default")
 	waitManagers(t)
 	figure("kubectl apply -k config/default -> managers Ready", "%s", seconds(time.Since(start)))
-	g.Eventually(func(g Gomega) {
-		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		g.Expect(suite.k8s.Get(t.Context(), client.ObjectKey{Name: "keygate-sidecar-injector"}, mwc)).To(Succeed())
-		g.Expect(mwc.Webhooks).To(HaveLen(1))
-		g.Expect(mwc.Webhooks[0].ClientConfig.CABundle).NotTo(BeEmpty(), "caBundle filled by the manager")
-	}, timeout, interval).Should(Succeed())
+	waitCABundle(t)
 	checkQuietStart(t)
 
 	creds := createKey(t, namespace, "after-kustomize", keygatev1.ApiKeySpec{
@@ -137,6 +132,17 @@ func testKustomize(t *testing.T) {
 			g.Expect(identity(r)).To(HaveKeyWithValue("X-Keygate-Key-Id", c.key))
 		}
 	}
+}
+
+// waitCABundle waits until the manager has filled the injection webhook's caBundle.
+func waitCABundle(t *testing.T) {
+	t.Helper()
+	NewWithT(t).Eventually(func(g Gomega) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		g.Expect(suite.k8s.Get(t.Context(), client.ObjectKey{Name: "keygate-sidecar-injector"}, mwc)).To(Succeed())
+		g.Expect(mwc.Webhooks).To(HaveLen(1))
+		g.Expect(mwc.Webhooks[0].ClientConfig.CABundle).NotTo(BeEmpty(), "caBundle filled by the manager")
+	}, timeout, interval).Should(Succeed())
 }
 
 // checkQuietStart: issue 17 item 4. The running managers started without a

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -75,12 +74,7 @@ func testInstall(t *testing.T) {
 		}
 		g.Expect(established).To(BeTrue(), "CRD %s established", name)
 	}
-	g.Eventually(func(g Gomega) {
-		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		g.Expect(suite.k8s.Get(t.Context(), client.ObjectKey{Name: "keygate-sidecar-injector"}, mwc)).To(Succeed())
-		g.Expect(mwc.Webhooks).To(HaveLen(1))
-		g.Expect(mwc.Webhooks[0].ClientConfig.CABundle).NotTo(BeEmpty(), "caBundle filled by the manager")
-	}, timeout, interval).Should(Succeed())
+	waitCABundle(t)
 	checkQuietStart(t)
 }
 
