@@ -1,13 +1,20 @@
 package local
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -16,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+	"github.com/keygate-dev/keygate/controllers/podinject"
 )
 
 // controlPlane is a real kube-apiserver and etcd (controller-runtime's
@@ -118,10 +126,41 @@ func removeAll(dirs []string, timeout time.Duration) error {
 	return nil
 }
 
-// webhookAddr is where the API server expects the injection webhook.
-func (cp *controlPlane) webhookAddr() (host string, port int, certDir string) {
-	w := &cp.env.WebhookInstallOptions
-	return w.LocalServingHost, w.LocalServingPort, w.LocalServingCertDir
+// webhookHost is the address the manager's webhook server binds, and
+// webhookCertDir holds the serving certificate envtest made for it.
+func (cp *controlPlane) webhookHost() string { return cp.env.WebhookInstallOptions.LocalServingHost }
+func (cp *controlPlane) webhookCertDir() string {
+	return cp.env.WebhookInstallOptions.LocalServingCertDir
+}
+
+// pointWebhookAt sets the port of the injection webhook's URL (installed by
+// envtest with a port of its own choosing) to the port the manager bound, by
+// a JSON patch of that one field.
+func (cp *controlPlane) pointWebhookAt(ctx context.Context, port int) error {
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := cp.client.Get(ctx, client.ObjectKey{Name: podinject.DefaultWebhookConfigName}, wh); err != nil {
+		return fmt.Errorf("webhook configuration: %w", err)
+	}
+	var ops []string
+	for i, w := range wh.Webhooks {
+		if w.ClientConfig.URL == nil {
+			continue
+		}
+		u, err := url.Parse(*w.ClientConfig.URL)
+		if err != nil {
+			return fmt.Errorf("webhook %s URL: %w", w.Name, err)
+		}
+		u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
+		ops = append(ops, fmt.Sprintf(`{"op":"replace","path":"/webhooks/%d/clientConfig/url","value":%q}`, i, u.String()))
+	}
+	if len(ops) == 0 {
+		return fmt.Errorf("webhook configuration %s has no URL to point at port %d", wh.Name, port)
+	}
+	patch := client.RawPatch(types.JSONPatchType, []byte("["+strings.Join(ops, ",")+"]"))
+	if err := cp.client.Patch(ctx, wh, patch); err != nil {
+		return fmt.Errorf("point the webhook at port %d: %w", port, err)
+	}
+	return nil
 }
 
 // addUser returns a kubeconfig and a client config for a user authenticated

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -114,21 +116,53 @@ func (r *runner) startControlPlane(_ context.Context, st *start) error {
 	return nil
 }
 
-// startManager runs the manager with its webhook where the API server expects it.
-func (r *runner) startManager(_ context.Context, st *start) error {
-	host, port, certDir := st.cp.webhookAddr()
-	mgr, err := startProcess("manager", r.opts.ManagerBin, filepath.Join(st.env.RunDir, "manager.log"), nil,
+// startManager runs the manager with its webhook on a port it binds itself
+// (port 0: nothing picks a port first and binds it later) and points the
+// API server's webhook configuration at the address the manager reports.
+func (r *runner) startManager(ctx context.Context, st *start) error {
+	host, certDir := st.cp.webhookHost(), st.cp.webhookCertDir()
+	bound := make(chan string, 1)
+	reported := func(line []byte) bool {
+		var l struct{ Msg, Name, Addr string }
+		if json.Unmarshal(line, &l) != nil || l.Msg != "starting server" || l.Name != "webhook" {
+			return false
+		}
+		bound <- l.Addr
+		return true
+	}
+	mgr, err := startProcess("manager", r.opts.ManagerBin, filepath.Join(st.env.RunDir, "manager.log"), reported,
 		"--kubeconfig="+st.env.Kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		// envtest made the serving certificate and put its CA in the webhook's
 		// caBundle, as cert-manager would: the manager serves what it is given.
 		"--webhook-cert-mode=cert-manager", "--webhook-cert-dir="+certDir,
-		fmt.Sprintf("--webhook-host=%s", host), fmt.Sprintf("--webhook-port=%d", port))
+		"--webhook-host="+host, "--webhook-port=0")
 	if err != nil {
 		return err
 	}
 	r.supervise(st, mgr)
 	st.mgr = mgr
-	st.env.Addresses = append(st.env.Addresses, net.JoinHostPort(host, fmt.Sprint(port)))
+	wait, cancel := context.WithTimeout(ctx, phaseTimeout)
+	defer cancel()
+	var addr string
+	select {
+	case addr = <-bound:
+	case <-mgr.done:
+		return fmt.Errorf("manager exited:\n%s", mgr.tail(10))
+	case <-wait.Done():
+		return fmt.Errorf("manager did not start its webhook server within %s:\n%s", phaseTimeout, mgr.tail(10))
+	}
+	_, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("manager reported webhook address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return fmt.Errorf("manager reported webhook address %q: %w", addr, err)
+	}
+	if err := st.cp.pointWebhookAt(ctx, port); err != nil {
+		return err
+	}
+	st.env.Addresses = append(st.env.Addresses, addr)
 	r.managerPID, r.webhookPort, r.managerLog = mgr.cmd.Process.Pid, port, mgr.log
 	r.progress("manager: started (pid %d), reconcilers and injection webhook", mgr.cmd.Process.Pid)
 	return nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,50 +73,37 @@ func TestManagerServesProbesAndMetrics(t *testing.T) {
 	))
 }
 
-// startReadyManager starts the manager with args plus a webhook address and
-// waits until /readyz passes (see waitReady).
+// startReadyManager starts the manager with args plus a webhook on port 0
+// and waits until /readyz passes (see waitReady).
 func startReadyManager(t *testing.T, args ...string) (m *managerProcess, probeAddr, metricsAddr string) {
 	t.Helper()
-	start := func() *managerProcess { return startWithWebhook(t, args...) }
-	return waitReady(t, start(), start)
+	m = startWithWebhook(t, args...)
+	probeAddr, metricsAddr = waitReady(t, m)
+	return m, probeAddr, metricsAddr
 }
 
-// startWithWebhook starts the manager with args plus a free webhook address.
-// The webhook port must be fixed: controller-runtime's webhook readiness
-// check dials the configured port, so port 0 cannot be used there.
+// startWithWebhook starts the manager with args plus a webhook listening on
+// 127.0.0.1 port 0 (the manager binds any free port and logs it).
 func startWithWebhook(t *testing.T, args ...string) *managerProcess {
 	t.Helper()
-	host, port, err := net.SplitHostPort(freeAddr(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return startManagerProcess(t, append(slices.Clone(args), "--webhook-host="+host, "--webhook-port="+port)...)
+	return startManagerProcess(t, append(slices.Clone(args), "--webhook-host=127.0.0.1", "--webhook-port=0")...)
 }
 
-// waitReady waits until m's /readyz passes. A webhook port taken between
-// freeAddr and the bind makes the manager exit with "address already in
-// use": restart then starts it again (on another port).
-func waitReady(t *testing.T, m *managerProcess, restart func() *managerProcess) (_ *managerProcess, probeAddr, metricsAddr string) {
+// waitReady waits until m's /readyz passes and returns its probe and metrics
+// addresses.
+func waitReady(t *testing.T, m *managerProcess) (probeAddr, metricsAddr string) {
 	t.Helper()
 	g := NewWithT(t)
-	for attempt := 0; ; attempt++ {
-		var err error
-		probeAddr, metricsAddr, err = m.addrs(t)
-		if err != nil && !m.exited() {
-			t.Fatalf("manager addresses: %v\n%s", err, m.log())
-		}
-		if err == nil {
-			g.Eventually(func() bool { return m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
-				Should(BeTrue(), "manager ready or exited")
-		}
-		if !m.exited() {
-			return m, probeAddr, metricsAddr
-		}
-		if attempt == 3 || !strings.Contains(m.log(), "address already in use") {
-			t.Fatalf("manager exited: %v\n%s", err, m.log())
-		}
-		m = restart()
+	probeAddr, metricsAddr, err := m.addrs(t)
+	if err != nil {
+		t.Fatalf("manager addresses: %v\n%s", err, m.log())
 	}
+	g.Eventually(func() bool { return m.exited() || status("http://"+probeAddr+"/readyz") == http.StatusOK }, timeout, interval).
+		Should(BeTrue(), "manager ready or exited")
+	if m.exited() {
+		t.Fatalf("manager exited:\n%s", m.log())
+	}
+	return probeAddr, metricsAddr
 }
 
 // startAPIServer starts env (keygate's CRDs installed) until the test ends and
@@ -276,15 +262,6 @@ func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
 		t.Fatal(err)
 	}
 	return kubeconfig
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
 }
 
 func status(url string) int {

@@ -41,19 +41,14 @@ func TestTwoReplicasStartQuietly(t *testing.T) {
 		m       *managerProcess
 		certDir string
 	}
-	start := func(certDir string) func() *managerProcess {
-		return func() *managerProcess {
-			return startWithWebhook(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=0",
-				"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace="+ns,
-				"--watch-namespaces=default", "--webhook-service-namespace="+ns, "--webhook-cert-dir="+certDir)
-		}
-	}
 	replicas := []*replica{{certDir: t.TempDir()}, {certDir: t.TempDir()}}
 	for _, r := range replicas { // both at once: no waiting in between
-		r.m = start(r.certDir)()
+		r.m = startWithWebhook(t, "--kubeconfig="+kubeconfig, "--metrics-bind-address=0",
+			"--health-probe-bind-address=127.0.0.1:0", "--leader-elect", "--leader-election-namespace="+ns,
+			"--watch-namespaces=default", "--webhook-service-namespace="+ns, "--webhook-cert-dir="+r.certDir)
 	}
 	for _, r := range replicas {
-		r.m, _, _ = waitReady(t, r.m, start(r.certDir))
+		waitReady(t, r.m)
 	}
 
 	g.Eventually(func(g Gomega) {

@@ -49,7 +49,7 @@ type Options struct {
 	// namespace (also the certificate Secret's); the certificate is for
 	// <ServiceName>.<Namespace>.svc.
 	ServiceName, Namespace string
-	// Port is the webhook server's port.
+	// Port is the webhook server's port (0: any free port, chosen at bind time).
 	Port int
 	// Host is the address the webhook server binds; empty binds every address.
 	Host string
@@ -86,7 +86,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", DefaultWebhookConfigName, "Name of the MutatingWebhookConfiguration whose caBundle the manager keeps in sync.")
 	fs.StringVar(&o.ServiceName, "webhook-service-name", DefaultServiceName, "Name of the Service in front of the webhook server.")
 	fs.StringVar(&o.Namespace, "webhook-service-namespace", ns, "Namespace of the manager and its webhook Service (default $POD_NAMESPACE or keygate-system).")
-	fs.IntVar(&o.Port, "webhook-port", DefaultWebhookPort, "Port the webhook server listens on.")
+	fs.IntVar(&o.Port, "webhook-port", DefaultWebhookPort, "Port the webhook server listens on (0: any free port, logged at start).")
 	fs.StringVar(&o.Host, "webhook-host", "", "Address the webhook server binds; empty binds every address.")
 }
 
@@ -105,25 +105,23 @@ func (o *Options) setDefaults() {
 	def(&o.WebhookConfigName, DefaultWebhookConfigName)
 	def(&o.ServiceName, DefaultServiceName)
 	def(&o.Namespace, DefaultNamespace)
-	if o.Port == 0 {
-		o.Port = DefaultWebhookPort
-	}
 	if o.holder == nil {
 		o.holder = webhookcert.NewHolder()
 	}
 }
 
 // WebhookServer is the webhook server to give the manager
-// (ctrl.Options.WebhookServer): it listens on Port and, in self-signed mode,
-// serves the certificate the rotator keeps, reloading it the moment it changes.
+// (ctrl.Options.WebhookServer): it listens on Host:Port (port 0: a port the
+// kernel picks, logged as "starting server" name "webhook") and, in
+// self-signed mode, serves the certificate the rotator keeps, reloading it
+// the moment it changes.
 func (o *Options) WebhookServer() webhook.Server {
 	o.setDefaults()
 	o.serverMade = true
-	opts := webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}
 	if o.CertMode == webhookcert.ModeSelfSigned {
-		opts.TLSOpts = append(opts.TLSOpts, o.holder.TLSOpt)
+		return newWebhookServer(o.Host, o.Port, o.CertDir, o.holder.TLSOpt)
 	}
-	return webhook.NewServer(opts)
+	return newWebhookServer(o.Host, o.Port, o.CertDir)
 }
 
 // config validates the options and returns inject's Config; every problem is

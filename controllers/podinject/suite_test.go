@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -45,8 +48,11 @@ var (
 	restConfig *rest.Config
 	k8sClient  client.Client
 	injectOpts *Options
-	admissions = &admissionLog{seen: map[string][]string{}}
-	nsCount    atomic.Int32
+	// webhookAddr is the address the webhook server bound (port 0: the
+	// kernel's choice, so no port is picked first and bound later).
+	webhookAddr string
+	admissions  = &admissionLog{seen: map[string][]string{}}
+	nsCount     atomic.Int32
 )
 
 // logBuffer collects the manager's logs.
@@ -115,7 +121,9 @@ func runSuite(m *testing.M) (code int) {
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
 			// The real manifest: selectors, failure policy, timeout.
 			Paths: []string{filepath.Join("..", "..", "config", "webhook")},
-			// The API server dials https://localhost:<port>, the name the certificate is for.
+			// The API server dials https://localhost:<port>, the name the
+			// certificate is for; the port is set once the server has bound
+			// one (pointWebhookAt).
 			LocalServingHostExternalName: "localhost",
 		},
 	}
@@ -138,7 +146,7 @@ func runSuite(m *testing.M) (code int) {
 		Image: DefaultImage, Version: DefaultVersion,
 		CPURequest: "50m", MemoryRequest: "64Mi", MemoryLimit: "128Mi",
 		CertMode: webhookcert.ModeSelfSigned, CertDir: certDir,
-		Namespace: operatorNamespace, Host: wio.LocalServingHost, Port: wio.LocalServingPort,
+		Namespace: operatorNamespace, Host: wio.LocalServingHost, Port: 0,
 		CertOptions: func(o *webhookcert.Options) { o.DNSName = "localhost" },
 		observe:     admissions.record,
 	}
@@ -162,6 +170,8 @@ func runSuite(m *testing.M) (code int) {
 		}
 		return check(httptest.NewRequest(http.MethodGet, "/readyz", nil))
 	}))
+	webhookAddr = mgr.GetWebhookServer().(*webhookServer).boundAddr() // set: readiness dials it
+	must(pointWebhookAt(ctx, webhookAddr))
 	// The API server picks up the new caBundle shortly after.
 	ns := newNamespace(ctx)
 	must(poll(func() error {
@@ -172,6 +182,20 @@ func runSuite(m *testing.M) (code int) {
 	cancel()
 	must(<-done)
 	return code
+}
+
+// pointWebhookAt sets the URL of config/webhook's webhook (installed by
+// envtest) to the webhook server's bound address, by a JSON patch of that one
+// field: the caBundle beside it is the manager's to keep.
+func pointWebhookAt(ctx context.Context, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	url := "https://" + net.JoinHostPort("localhost", port) + WebhookPath
+	patch := fmt.Sprintf(`[{"op":"replace","path":"/webhooks/0/clientConfig/url","value":%q}]`, url)
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: DefaultWebhookConfigName}}
+	return k8sClient.Patch(ctx, wh, client.RawPatch(types.JSONPatchType, []byte(patch)))
 }
 
 func poll(f func() error) error {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"strconv"
 	"testing"
 
@@ -295,8 +294,7 @@ func TestWebhookCertificateRotation(t *testing.T) {
 // servedCert is the DER certificate the webhook server presents now.
 func servedCert(t *testing.T) []byte {
 	t.Helper()
-	addr := net.JoinHostPort(injectOpts.Host, strconv.Itoa(injectOpts.Port))
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}) //nolint:gosec // only reads the certificate
+	conn, err := tls.Dial("tcp", webhookAddr, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}) //nolint:gosec // only reads the certificate
 	if err != nil {
 		t.Fatalf("dial webhook: %v", err)
 	}
