@@ -5,6 +5,7 @@
 package authn
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/keygate-dev/keygate/sidecar/authz"
 	"github.com/keygate-dev/keygate/sidecar/clientaddr"
@@ -73,7 +75,12 @@ type Error struct {
 
 func (e *Error) Error() string { return "authentication failed: " + e.Reason }
 
-func fail(reason, keyID string) *Error { return &Error{Reason: reason, KeyID: keyID} }
+// fail returns a failure; keyID is copied, as it may alias the request's
+// buffers or a scratch buffer cleared after the check, and the failure
+// limits keep it.
+func fail(reason, keyID string) *Error {
+	return &Error{Reason: reason, KeyID: strings.Clone(keyID)}
+}
 
 // Credentials are a parsed Authorization header.
 type Credentials struct {
@@ -92,6 +99,21 @@ var ErrMalformed = errors.New("malformed Authorization header")
 // Basic requires valid base64 of "user:password" with both parts non-empty;
 // the password may hold colons.
 func ParseAuthorization(h string, isBearer func(string) bool) (Credentials, error) {
+	sc := getScratch()
+	defer putScratch(sc)
+	c, err := parseAuthorization(h, isBearer, sc)
+	if c.Basic {
+		// Copied out of the scratch buffer, which is cleared.
+		user := c.User + ":" + c.Password
+		c.User, c.Password = user[:len(c.User)], user[len(c.User)+1:]
+	}
+	return c, err
+}
+
+// parseAuthorization is ParseAuthorization with Basic's user and password
+// decoded into sc.out: they alias it, so they are valid (and the secret
+// lies in memory) only until sc is returned to the pool, which clears it.
+func parseAuthorization(h string, isBearer func(string) bool, sc *scratch) (Credentials, error) {
 	sp := strings.IndexByte(h, ' ')
 	if sp <= 0 {
 		return Credentials{}, ErrMalformed
@@ -104,20 +126,17 @@ func ParseAuthorization(h string, isBearer func(string) bool) (Credentials, erro
 		if len(rest) > 4096 {
 			return Credentials{}, ErrMalformed
 		}
-		sc := getScratch()
-		defer putScratch(sc)
 		sc.in = append(sc.in[:0], rest...)
 		sc.out = slicesGrow(sc.out[:0], base64.StdEncoding.DecodedLen(len(rest)))
-		n, err := base64.StdEncoding.Strict().Decode(sc.out, sc.in)
+		n, err := strictBase64.Decode(sc.out, sc.in)
 		if err != nil {
 			return Credentials{}, ErrMalformed
 		}
-		s := string(sc.out[:n])
-		i := strings.IndexByte(s, ':')
-		if i <= 0 || i == len(s)-1 {
+		i := bytes.IndexByte(sc.out[:n], ':')
+		if i <= 0 || i == n-1 {
 			return Credentials{}, ErrMalformed
 		}
-		return Credentials{Basic: true, Scheme: scheme, User: s[:i], Password: s[i+1:]}, nil
+		return Credentials{Basic: true, Scheme: scheme, User: alias(sc.out[:i]), Password: alias(sc.out[i+1 : n])}, nil
 	}
 	if isBearer == nil || !isBearer(scheme) {
 		return Credentials{}, ErrMalformed
@@ -126,6 +145,14 @@ func ParseAuthorization(h string, isBearer func(string) bool) (Credentials, erro
 		return Credentials{}, ErrMalformed
 	}
 	return Credentials{Scheme: scheme, Token: rest}, nil
+}
+
+var strictBase64 = base64.StdEncoding.Strict()
+
+// alias returns b's bytes as a string without copying: the caller must not
+// use it once b changes (here: once the scratch buffer is cleared).
+func alias(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b)) //nolint:gosec // G103: valid only while the scratch is held; see parseAuthorization
 }
 
 // scratch holds the bytes of one credential check, pooled so that checking
@@ -245,9 +272,13 @@ func (a *Authenticator) Request(rt *config.Runtime, r *http.Request, now time.Ti
 		if len(clients) == 1 {
 			client = clients[0]
 		}
-		return KeyIdentity(k, client, ViaAPIKey)
+		return a.keyIdentity(rt, k, client, ViaAPIKey)
 	}
-	cred, err := ParseAuthorization(authz[0], rt.BearerScheme)
+	// Basic's decoded key ID and secret live in sc until the check is done
+	// and are cleared with it.
+	sc := getScratch()
+	defer putScratch(sc)
+	cred, err := parseAuthorization(authz[0], rt.BearerScheme, sc)
 	if err != nil {
 		return nil, fail(ReasonMalformed, "")
 	}
@@ -259,9 +290,40 @@ func (a *Authenticator) Request(rt *config.Runtime, r *http.Request, now time.Ti
 		if ferr != nil {
 			return nil, ferr
 		}
-		return KeyIdentity(k, "", ViaBasic)
+		return a.keyIdentity(rt, k, "", ViaBasic)
 	}
 	return a.Bearer(rt, cred.Token, now)
+}
+
+// identKey names a key identity: the key, the acting client, how it
+// authenticated.
+type identKey struct {
+	k           *config.Key
+	client, via string
+}
+
+// keyIdentity is KeyIdentity, built once per key, client and way of
+// authenticating for the runtime in force and shared after: an Identity is
+// never modified once returned.
+func (a *Authenticator) keyIdentity(rt *config.Runtime, k *config.Key, client, via string) (*Identity, *Error) {
+	c := a.cacheFor(rt)
+	ik := identKey{k: k, client: client, via: via}
+	c.idMu.RLock()
+	id := c.ids[ik]
+	c.idMu.RUnlock()
+	if id != nil {
+		return id, nil
+	}
+	id, ferr := KeyIdentity(k, client, via)
+	if ferr != nil {
+		return nil, ferr
+	}
+	// The map keeps the bundle's client name, not the request's bytes.
+	ik.client = id.Client
+	c.idMu.Lock()
+	c.ids[ik] = id
+	c.idMu.Unlock()
+	return id, nil
 }
 
 // CheckAddress applies the policy's, the key's and the token's CIDR lists.
@@ -289,10 +351,15 @@ type cached struct {
 	retires *time.Time
 }
 
+// tokenCache holds, for one runtime, the verified tokens and the key
+// identities built (bounded by the bundle's keys and clients).
 type tokenCache struct {
 	rt *config.Runtime
 	mu sync.RWMutex
 	m  map[[32]byte]cached
+
+	idMu sync.RWMutex
+	ids  map[identKey]*Identity
 }
 
 func (a *Authenticator) cacheFor(rt *config.Runtime) *tokenCache {
@@ -301,7 +368,7 @@ func (a *Authenticator) cacheFor(rt *config.Runtime) *tokenCache {
 		if c != nil && c.rt == rt {
 			return c
 		}
-		n := &tokenCache{rt: rt, m: make(map[[32]byte]cached)}
+		n := &tokenCache{rt: rt, m: make(map[[32]byte]cached), ids: make(map[identKey]*Identity)}
 		if a.cache.CompareAndSwap(c, n) {
 			return n
 		}
@@ -344,7 +411,8 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 	if ferr != nil {
 		return nil, ferr
 	}
-	id.Raw = raw
+	// The cache keeps the identity: its token must not alias the request.
+	id.Raw = strings.Clone(raw)
 	e = cached{id: id, exp: claims.Expiry.Time(), retires: claims.KeyRetiresAt()}
 	if claims.NotBefore != nil {
 		e.nbf = claims.NotBefore.Time()

@@ -12,7 +12,7 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/token"
 )
 
-func runtimeFor(b *testing.B) (*config.Runtime, *bundletest.Fixture) {
+func runtimeFor(b testing.TB) (*config.Runtime, *bundletest.Fixture) {
 	f := bundletest.New(bundle.AlgEdDSA)
 	f.AddKey("apk-1", []string{"charges:List"})
 	rt, err := config.Compile(f.JSON())

@@ -4,6 +4,7 @@ package ratelimit
 
 import (
 	"crypto/sha256"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,7 +87,9 @@ func (l *Limiter) Fail(subject string, now time.Time) {
 			l.evict(now)
 		}
 		e = &entry{start: now}
-		l.entries[subject] = e
+		// The map keeps its own copy: a caller's subject may alias a
+		// buffer it reuses.
+		l.entries[strings.Clone(subject)] = e
 		l.size.Store(int64(len(l.entries)))
 	}
 	e.count++

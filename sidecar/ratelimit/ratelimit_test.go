@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestLimiter(t *testing.T) {
@@ -59,5 +60,23 @@ func TestLimiterLongSubjects(t *testing.T) {
 	}
 	if b, _ := l.Blocked("y"+long, now); b {
 		t.Fatal("another long subject is blocked")
+	}
+}
+
+// TestLimiterKeepsItsOwnSubjects: a subject that aliases a buffer the
+// caller reuses (the fast path's request head) is copied when it is kept.
+func TestLimiterKeepsItsOwnSubjects(t *testing.T) {
+	now := time.Now()
+	l := New(2, time.Minute, 100)
+	buf := []byte("ghost-key")
+	for range 2 {
+		l.Fail(unsafe.String(&buf[0], len(buf)), now)
+	}
+	copy(buf, "other-key")
+	if b, _ := l.Blocked("ghost-key", now); !b {
+		t.Fatal("ghost-key not blocked after its buffer was reused")
+	}
+	if b, _ := l.Blocked("other-key", now); b {
+		t.Fatal("other-key blocked: the limiter kept the caller's buffer")
 	}
 }

@@ -358,3 +358,47 @@ func TestFastPathShutdown(t *testing.T) {
 		t.Fatal("the listener still accepts after Shutdown")
 	}
 }
+
+// TestFastPathRequestsOwnTheirHead: a connection reuses one head buffer and
+// one request state for its requests (nothing allocated per request), so
+// each pipelined request must reach the upstream with its own path, fields,
+// body and request ID, also when a large body refills the read buffer in
+// between.
+func TestFastPathRequestsOwnTheirHead(t *testing.T) {
+	type seen struct{ path, tag, id, key string }
+	got := make(chan seen, 16)
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if len(b) > 0 && string(b) != strings.Repeat(r.Header.Get("X-Tag")[:1], len(b)) {
+			t.Errorf("%s: body %.20q...", r.URL.Path, b)
+		}
+		got <- seen{r.URL.Path, r.Header.Get("X-Tag"), r.Header.Get("X-Request-Id"), r.Header.Get(HeaderKeyID)}
+	}))
+	c, br := dialRaw(t, addr)
+	var raw strings.Builder
+	const n = 6
+	for i := range n {
+		tag := string(rune('a'+i)) + strconv.Itoa(i)
+		body := ""
+		if i%2 == 1 {
+			body = strings.Repeat(tag[:1], 20<<10)
+		}
+		raw.WriteString(rawRequest("POST /r/"+tag+" HTTP/1.1", "Host: app", auth, "X-Tag: "+tag,
+			"Content-Length: "+strconv.Itoa(len(body))) + body)
+	}
+	if _, err := io.WriteString(c, raw.String()); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for i := range n {
+		if resp, body := readResp(t, br, "POST"); resp.StatusCode != http.StatusOK {
+			t.Fatalf("response %d: %d %q", i, resp.StatusCode, body)
+		}
+		s := <-got
+		tag := string(rune('a'+i)) + strconv.Itoa(i)
+		if s.path != "/r/"+tag || s.tag != tag || s.key != "apk-fast" || s.id == "" || ids[s.id] {
+			t.Fatalf("request %d reached the upstream as %+v (IDs so far %v)", i, s, ids)
+		}
+		ids[s.id] = true
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/keygate-dev/keygate/sidecar/wire"
 )
@@ -192,6 +193,9 @@ type fastConn struct {
 	url  url.URL
 	w    fastWriter
 	body fastBody
+	// head holds the current request's head: fc.req's strings alias it,
+	// so it is rewritten only once the request is done.
+	head []byte
 	// out is the request head forwarded (or a local answer), resp the
 	// response head sent, scratch the upstream's raw response head.
 	out, resp, scratch []byte
@@ -208,6 +212,7 @@ func newFastConn(f *FastServer, c net.Conn) *fastConn {
 func (f *FastServer) serveConn(fc *fastConn) {
 	handedOff := false
 	defer func() {
+		clear(fc.head)
 		if !handedOff {
 			_ = fc.c.Close()
 		}
@@ -245,8 +250,12 @@ func (f *FastServer) serveConn(fc *fastConn) {
 			handedOff = f.handOff(fc)
 			return
 		}
-		head, _ := fc.br.Peek(n)
-		if !wire.ParseRequest(string(head), &fc.req) {
+		// The head is copied into the connection's own buffer, which the
+		// parsed request's strings alias until the request is done (the
+		// read buffer is refilled as the body is read).
+		b, _ := fc.br.Peek(n)
+		fc.head = append(fc.head[:0], b...)
+		if !wire.ParseRequest(aliasBytes(fc.head), &fc.req) {
 			handedOff = f.handOff(fc)
 			return
 		}
@@ -262,10 +271,21 @@ func (f *FastServer) serveConn(fc *fastConn) {
 			}
 		}
 		setDeadline(fc.c.SetWriteDeadline, f.t.Write)
-		if !fc.serveRequest() {
+		ok := fc.serveRequest()
+		// Credentials in the head are not left in memory.
+		clear(fc.head)
+		if !ok {
 			return
 		}
 	}
+}
+
+// aliasBytes returns b's bytes as a string without copying. Only for
+// buffers owned by a request, or a connection, whose strings nothing keeps
+// past the request (the chain copies what it keeps: failure-limit subjects,
+// cached tokens); b must not change while the string is in use.
+func aliasBytes(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b)) //nolint:gosec // G103: see above; the buffers outlive every use of the strings
 }
 
 func setDeadline(set func(time.Time) error, d time.Duration) {

@@ -173,7 +173,10 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 
 // request is the request-scoped state, kept in the context.
 type request struct {
+	// id is the request ID, written into idBuf: it is valid until the
+	// state is reset for the connection's next request.
 	id    string
+	idBuf [32]byte
 	start time.Time
 	now   time.Time
 	rt    *config.Runtime
@@ -222,8 +225,7 @@ func (s *Server) withRequest(next http.Handler) http.Handler {
 		memo := addrMemo{st.addr, st.addrText}
 		*st = request{start: time.Now(), result: "allow", memo: memo}
 		st.now = s.now()
-		var idBuf [32]byte
-		st.id = string(strconv.AppendUint(append(idBuf[:0], s.reqPfx...), s.reqSeq.Add(1), 36))
+		st.id = aliasBytes(strconv.AppendUint(append(st.idBuf[:0], s.reqPfx...), s.reqSeq.Add(1), 36))
 		next.ServeHTTP(w, r)
 		if st.identity != nil {
 			s.opts.Usage.Seen(st.identity.KeyID, st.now)
