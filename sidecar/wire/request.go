@@ -7,6 +7,7 @@
 package wire
 
 import (
+	"bytes"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -42,22 +43,27 @@ var methods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 // when b holds a line ending that is not CRLF (a bare LF or CR: the fast path
 // leaves such heads to net/http).
 func HeadEnd(b []byte) int {
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '\n':
-			if i == 0 || b[i-1] != '\r' {
+	// Line by line with IndexByte (vectorised): every LF must follow a CR,
+	// and no CR may stand before anything but an LF.
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			// The last line so far: a CR only as its last byte (the LF may
+			// be still to come).
+			if k := bytes.IndexByte(b[i:], '\r'); k >= 0 && i+k != len(b)-1 {
 				return -1
 			}
-			if i >= 3 && b[i-2] == '\n' && b[i-3] == '\r' {
-				return i + 1
-			}
-		case '\r':
-			if i+1 < len(b) && b[i+1] != '\n' {
-				return -1
-			}
+			return 0
 		}
+		j += i
+		if j == 0 || b[j-1] != '\r' || bytes.IndexByte(b[i:j-1], '\r') >= 0 {
+			return -1
+		}
+		if j >= 3 && b[j-2] == '\n' {
+			return j + 1
+		}
+		i = j + 1
 	}
-	return 0
 }
 
 // ParseRequest parses a complete head (as measured by HeadEnd) into r,
@@ -214,15 +220,11 @@ func isHex(c byte) bool {
 
 // cutLine splits off one CRLF-terminated line.
 func cutLine(s string) (line, rest string, ok bool) {
-	for i := 0; i+1 < len(s); i++ {
-		if s[i] == '\r' {
-			if s[i+1] != '\n' {
-				return "", "", false
-			}
-			return s[:i], s[i+2:], true
-		}
+	i := strings.IndexByte(s, '\r')
+	if i < 0 || i+1 == len(s) || s[i+1] != '\n' {
+		return "", "", false
 	}
-	return "", "", false
+	return s[:i], s[i+2:], true
 }
 
 // splitField splits "name: value": a token name directly followed by the

@@ -83,6 +83,42 @@ func TestHeadEnd(t *testing.T) {
 	}
 }
 
+// headEndByBytes is HeadEnd written as the plain byte loop it replaced: the
+// oracle of FuzzHeadEnd.
+func headEndByBytes(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '\n':
+			if i == 0 || b[i-1] != '\r' {
+				return -1
+			}
+			if i >= 3 && b[i-2] == '\n' && b[i-3] == '\r' {
+				return i + 1
+			}
+		case '\r':
+			if i+1 < len(b) && b[i+1] != '\n' {
+				return -1
+			}
+		}
+	}
+	return 0
+}
+
+// FuzzHeadEnd: HeadEnd agrees with the byte-by-byte definition.
+func FuzzHeadEnd(f *testing.F) {
+	for _, tc := range requestSeeds {
+		f.Add([]byte(tc.head))
+	}
+	for _, s := range []string{"\r", "\n", "\r\n", "\r\n\r\n", "\n\r\n", "a\r\r\n", "a\r\n\r", "a\r\n\rb", "\r\n\r\nx\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := HeadEnd(b), headEndByBytes(b); got != want {
+			t.Fatalf("HeadEnd(%q) = %d, the byte loop says %d", b, got, want)
+		}
+	})
+}
+
 // agreeWithNetHTTP checks that net/http reads the head as ParseRequest did:
 // the fast path must see exactly the request the net/http path would.
 func agreeWithNetHTTP(t *testing.T, head string, r *Request) {
