@@ -178,19 +178,24 @@ func TestFastPathStreams(t *testing.T) {
 	}
 }
 
+// countConns counts the upstream's connections entering state.
+func countConns(state http.ConnState, n *atomic.Int32) func(*httptest.Server) {
+	return func(s *httptest.Server) {
+		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == state {
+				n.Add(1)
+			}
+		}
+	}
+}
+
 // TestFastPathStaleUpstreamConnection: a kept-alive upstream connection the
 // upstream closed while idle is replaced, not answered 502.
 func TestFastPathStaleUpstreamConnection(t *testing.T) {
 	var closed atomic.Int32
 	addr, auth, up := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok")
-	}), func(s *httptest.Server) {
-		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-			if st == http.StateClosed {
-				closed.Add(1)
-			}
-		}
-	})
+	}), countConns(http.StateClosed, &closed))
 	c, br := dialRaw(t, addr)
 	get := func() *http.Response {
 		if _, err := io.WriteString(c, rawRequest("GET /r/x HTTP/1.1", "Host: app", auth)); err != nil {
@@ -400,5 +405,106 @@ func TestFastPathRequestsOwnTheirHead(t *testing.T) {
 			t.Fatalf("request %d reached the upstream as %+v (IDs so far %v)", i, s, ids)
 		}
 		ids[s.id] = true
+	}
+}
+
+// TestFastPathLargeBodies: a large Content-Length response goes socket to
+// socket (splice on Linux): exactly its bytes reach the client, nothing past
+// it is read from the upstream, and both connections carry the next
+// requests; a body the upstream cuts short ends the client's connection
+// without another byte.
+func TestFastPathLargeBodies(t *testing.T) {
+	sized := strings.Repeat("0123456789abcdef", 1<<16) + "end" // 1 MiB + 3
+	var conns atomic.Int32
+	addr, auth, _ := fastFront(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/r/sized":
+			w.Header().Set("Content-Length", strconv.Itoa(len(sized)))
+			_, _ = io.WriteString(w, sized)
+		case "/r/short":
+			// Declares more than it sends, then drops the connection.
+			w.Header().Set("Content-Length", strconv.Itoa(len(sized)))
+			_, _ = io.WriteString(w, sized[:300<<10])
+			w.(http.Flusher).Flush()
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				_ = c.Close()
+			}
+		case "/r/upload":
+			b, _ := io.ReadAll(r.Body)
+			_, _ = io.WriteString(w, "got "+strconv.Itoa(len(b))+" "+strconv.FormatBool(string(b) == sized))
+		case "/r/refuse":
+			// Reads a little of a large upload, then drops the connection.
+			_, _ = io.ReadFull(r.Body, make([]byte, 100<<10))
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				_ = c.Close()
+			}
+		default:
+			_, _ = io.WriteString(w, "small")
+		}
+	}), countConns(http.StateNew, &conns))
+	c, br := dialRaw(t, addr)
+	req := func(path string) string { return rawRequest("GET "+path+" HTTP/1.1", "Host: app", auth) }
+	// Pipelined: the small response after the large one must come intact.
+	if _, err := io.WriteString(c, req("/r/sized")+req("/r/x")+req("/r/sized")); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{sized, "small", sized} {
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || body != want || resp.ContentLength != int64(len(want)) {
+			t.Fatalf("response %d: %d, %d bytes (want %d), Content-Length %d", i, resp.StatusCode, len(body), len(want), resp.ContentLength)
+		}
+	}
+	// A large upload, with a request pipelined right behind its body.
+	post := func(path string, n int) string {
+		return rawRequest("POST "+path+" HTTP/1.1", "Host: app", auth, "Content-Length: "+strconv.Itoa(n))
+	}
+	if _, err := io.WriteString(c, post("/r/upload", len(sized))+sized+req("/r/x")); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"got " + strconv.Itoa(len(sized)) + " true", "small"} {
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("after the upload, response %d: %d %q, want %q", i, resp.StatusCode, body, want)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("the upstream saw %d connections, want 1 kept alive", n)
+	}
+	// An upload the client cuts short: 400, and the connection ends.
+	cut, cutBR := dialRaw(t, addr)
+	if _, err := io.WriteString(cut, post("/r/upload", len(sized))+sized[:200<<10]); err != nil {
+		t.Fatal(err)
+	}
+	_ = cut.(*net.TCPConn).CloseWrite()
+	if resp, body := readResp(t, cutBR, "POST"); resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Fatalf("cut-short upload: %d %q close=%v", resp.StatusCode, body, resp.Close)
+	}
+	// An upstream that drops the connection mid-upload: 502 to a client
+	// that is still there.
+	big := strings.Repeat(sized, 8)
+	drop, dropBR := dialRaw(t, addr)
+	go func() { _, _ = io.WriteString(drop, post("/r/refuse", len(big))+big) }()
+	if resp, body := readResp(t, dropBR, "POST"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("upstream dropped the upload: %d %q", resp.StatusCode, body)
+	}
+	if _, err := io.WriteString(c, req("/r/short")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err == nil || n >= int64(len(sized)) {
+		t.Fatalf("cut-short body: %d bytes, %v; want fewer than %d and an error", n, err, len(sized))
+	}
+	// A new connection is served as usual.
+	c2, br2 := dialRaw(t, addr)
+	if _, err := io.WriteString(c2, req("/r/sized")); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := readResp(t, br2, "GET"); resp.StatusCode != 200 || body != sized {
+		t.Fatalf("after the cut: %d, %d bytes", resp.StatusCode, len(body))
 	}
 }

@@ -187,7 +187,7 @@ func (s *Server) forwardFast(w *fastWriter, r *http.Request) {
 	switch {
 	case err != nil:
 	case res.Framing == wire.Length:
-		err = wire.CopyLength(fc.bw, uc.br, res.ContentLength)
+		err = fc.copyLength(uc, res.ContentLength)
 	case res.Framing == wire.Chunked:
 		err = wire.CopyChunked(fc.bw, uc.br)
 	case res.Framing == wire.UntilClose:
@@ -223,6 +223,11 @@ func (s *Server) sendFast(w *fastWriter, r *http.Request, st *request, uc *upCon
 	if fc.body.n == 0 {
 		return nil
 	}
+	if fc.body.n >= spliceMin && fc.br.Buffered() == 0 {
+		if src, dst, ok := tcpPair(fc.c, uc.c); ok {
+			return s.spliceBody(w, r, st, uc, src, dst)
+		}
+	}
 	buf := fc.bw.AvailableBuffer()[:0]
 	buf = buf[:cap(buf)]
 	for fc.body.n > 0 {
@@ -239,6 +244,78 @@ func (s *Server) sendFast(w *fastWriter, r *http.Request, st *request, uc *upCon
 		}
 	}
 	return nil
+}
+
+// spliceMin is the smallest response body copied with splice(2) between the
+// two sockets (Linux; elsewhere io.Copy's fallback) rather than through the
+// connection's buffers: below it the pipe's extra system calls cost more
+// than the copies they save.
+const spliceMin = 64 << 10
+
+// copyLength copies a Content-Length response body of n bytes to the
+// client. A large body between two TCP connections (the fast path serves
+// plain TCP only) goes socket to socket through a pipe, never through user
+// memory: first what the upstream's reader holds already, with the head,
+// then exactly the rest, so nothing past the body is read (the upstream
+// connection is kept alive as usual).
+func (fc *fastConn) copyLength(uc *upConn, n int64) error {
+	src, dst, ok := tcpPair(uc.c, fc.c)
+	if n < spliceMin || !ok {
+		return wire.CopyLength(fc.bw, uc.br, n)
+	}
+	if k := min(int64(uc.br.Buffered()), n); k > 0 {
+		b, _ := uc.br.Peek(int(k))
+		_, _ = fc.bw.Write(b)
+		_, _ = uc.br.Discard(int(k))
+		n -= k
+	}
+	if err := fc.bw.Flush(); err != nil {
+		return err
+	}
+	fc.lr = io.LimitedReader{R: src, N: n}
+	_, err := dst.ReadFrom(&fc.lr)
+	if err == nil && fc.lr.N > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	fc.lr.R = nil
+	return err
+}
+
+// spliceBody sends the rest of a large request body (none of it buffered)
+// socket to socket, exactly as many bytes as are left. A failure is the
+// client's — answered 400 (or 408) like a failed read — when the body ended
+// early, on the read timeout (only the client's side has a deadline), or
+// when the client's connection is gone; otherwise the upstream's.
+func (s *Server) spliceBody(w *fastWriter, r *http.Request, st *request, uc *upConn, src, dst *net.TCPConn) error {
+	fc := w.fc
+	fc.lr = io.LimitedReader{R: src, N: fc.body.n}
+	_, err := dst.ReadFrom(&fc.lr)
+	fc.body.n, fc.lr.R = fc.lr.N, nil
+	switch {
+	case err == nil && fc.body.n == 0:
+		return nil
+	case err == nil:
+		err = io.ErrUnexpectedEOF
+	case !isTimeout(err) && !connGone(src):
+		return err
+	}
+	fc.body.err = err
+	_ = uc.c.Close()
+	s.writeBodyFailure(w, r, st, err)
+	return nil
+}
+
+// tcpPair returns src and dst as TCP connections, the pair splice(2) works
+// between.
+func tcpPair(src, dst net.Conn) (*net.TCPConn, *net.TCPConn, bool) {
+	s, ok := src.(*net.TCPConn)
+	d, ok2 := dst.(*net.TCPConn)
+	return s, d, ok && ok2
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func isReset(err error) bool {

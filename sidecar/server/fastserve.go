@@ -198,6 +198,8 @@ type fastConn struct {
 	// head holds the current request's head: fc.req's strings alias it,
 	// so it is rewritten only once the request is done.
 	head []byte
+	// lr limits a response body copied socket to socket (copyLength).
+	lr io.LimitedReader
 	// out is the request head forwarded (or a local answer), resp the
 	// response head sent, scratch the upstream's raw response head.
 	out, resp, scratch []byte
