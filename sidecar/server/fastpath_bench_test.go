@@ -80,6 +80,7 @@ func readHeadLength(br *bufio.Reader) (int, error) {
 func BenchmarkFastPath(b *testing.B) {
 	f := bundletest.New(bundle.AlgEdDSA)
 	f.Bundle.Policy.Rules = []bundle.Rule{{Paths: []string{"/charges"}, Permission: "charges:Read"}}
+	f.Bundle.Policy.APIKeyHeader = "X-Api-Key"
 	f.AddKey("apk-07", []string{"charges:All"})
 	store := &config.Store{}
 	if _, err := store.Update(f.JSON()); err != nil {
@@ -88,14 +89,14 @@ func BenchmarkFastPath(b *testing.B) {
 	u, _ := url.Parse(rawUpstream(b))
 	srv := New(Options{Store: store, Upstream: u, Metrics: NewMetrics(store), Log: slog.New(slog.DiscardHandler)})
 	addr := serveFast(b, srv, testTimeouts)
-	run := func(name, auth string) {
+	run := func(name, credentials string) {
 		b.Run(name, func(b *testing.B) {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer func() { _ = c.Close() }()
-			req := []byte("GET /charges HTTP/1.1\r\nHost: app\r\nUser-Agent: bench\r\nAccept: */*\r\nAuthorization: " + auth + "\r\n\r\n")
+			req := []byte("GET /charges HTTP/1.1\r\nHost: app\r\nUser-Agent: bench\r\nAccept: */*\r\n" + credentials + "\r\n\r\n")
 			br := bufio.NewReader(c)
 			buf := make([]byte, 64)
 			roundTrip := func() {
@@ -124,7 +125,8 @@ func BenchmarkFastPath(b *testing.B) {
 			}
 		})
 	}
-	run("basic", basic("apk-07", f.Secrets["apk-07"]))
+	run("basic", "Authorization: "+basic("apk-07", f.Secrets["apk-07"]))
+	run("apikey", "X-Api-Key: apk-07:"+f.Secrets["apk-07"])
 	resp, err := http.Post("http://"+addr+"/api/token", "application/json",
 		strings.NewReader(`{"apiKey":"apk-07","secret":"`+f.Secrets["apk-07"]+`"}`))
 	if err != nil {
@@ -137,5 +139,5 @@ func BenchmarkFastPath(b *testing.B) {
 		b.Fatalf("token: %d %v", resp.StatusCode, err)
 	}
 	_ = resp.Body.Close()
-	run("bearer-eddsa", "Bearer "+tok.AccessToken)
+	run("bearer-eddsa", "Authorization: Bearer "+tok.AccessToken)
 }
