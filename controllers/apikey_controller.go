@@ -31,6 +31,15 @@ const fieldOwner = client.FieldOwner("keygate")
 // errSecretConflict is returned when the credentials Secret belongs to someone else.
 var errSecretConflict = errors.New("credentials Secret is not owned by this ApiKey")
 
+// errCacheBehind is returned when the credentials Secret this ApiKey owns
+// exists but the cache has not seen it yet: the pass ends quietly and the
+// Secret's arrival in the cache queues the key again.
+var errCacheBehind = errors.New("cache not yet up to date")
+
+// cacheBehindRetry re-queues a key whose Secret the cache had not seen,
+// should the Secret's watch event not do it first.
+const cacheBehindRetry = time.Second
+
 // ApiKeyReconciler keeps an ApiKey's credentials Secret and status current:
 // it generates and rotates the secret and decides whether the key is Ready.
 type ApiKeyReconciler struct {
@@ -82,7 +91,14 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		}
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, key, patch)))
 	}()
-	return runPhases(ctx, pass, r.ensureCredentials, r.checkReady, r.checkUsage)
+	res, err = runPhases(ctx, pass, r.ensureCredentials, r.checkReady, r.checkUsage)
+	if errors.Is(err, errCacheBehind) {
+		// Expected with many workers: a key queued again right after it
+		// created its Secret. Nothing is wrong; no status, no error log.
+		pass.deferStatus = true
+		return ctrl.Result{RequeueAfter: cacheBehindRetry}, nil
+	}
+	return res, err
 }
 
 // keyPass carries what one reconciliation learns from phase to phase.
@@ -318,7 +334,7 @@ func (r *ApiKeyReconciler) alreadyExists(ctx context.Context, key *keygatev1.Api
 		live.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
 		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: name}, live)
 		if err == nil && metav1.IsControlledBy(live, key) {
-			return fmt.Errorf("credentials Secret %q: cache not yet up to date, retrying", name)
+			return fmt.Errorf("credentials Secret %q: %w", name, errCacheBehind)
 		}
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("read credentials Secret %q: %w", name, err)

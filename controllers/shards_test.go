@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -152,4 +153,68 @@ func TestShardedBundle(t *testing.T) {
 		}
 		g.Expect(ready).To(Equal(4))
 	}, timeout, interval).Should(Succeed())
+}
+
+// While a sharded policy's additions are paced, a shard that only gains
+// keys waits (the new key stays NotInBundle), but a removal is published at
+// once: a disabled key and a deleted key leave their shards within the
+// usual time although the pace would hold additions for minutes.
+func TestShardAdditionsPacedRemovalsNot(t *testing.T) {
+	g := NewWithT(t)
+	saved, savedRate := bundle.KeysPerShard, shardAdditionsBytesPerSecond.Load()
+	bundle.KeysPerShard = 4 // restored after the manager stops (cleanups run last-in first-out)
+	t.Cleanup(func() { bundle.KeysPerShard = saved; shardAdditionsBytesPerSecond.Store(savedRate) })
+	ns := newNamespace(t)
+	startManager(t, ns, clock.RealClock{})
+	create(t, newPolicy(ns, "p", withMaxApiKeys(8)))
+	for _, name := range []string{"k0", "k1", "k2", "k3"} {
+		create(t, newApiKey(ns, name, "p"))
+	}
+	for _, name := range []string{"k0", "k1", "k2", "k3"} {
+		waitReason(t, ns, name, "True/Ready")
+	}
+
+	// From the next shard write on, additions wait one second per byte
+	// written: some minutes.
+	shardAdditionsBytesPerSecond.Store(1)
+	create(t, newApiKey(ns, "k4", "p"))
+	waitReason(t, ns, "k4", "True/Ready") // the first addition after a quiet time goes at once
+	create(t, newApiKey(ns, "k5", "p"))
+	// A new key is NotInBundle only when no bundle carried it within
+	// newKeyStatusDelay: its shard waited.
+	waitReasonWithin(t, ns, "k5", "False/"+keygatev1.ReasonNotInBundle, newKeyStatusDelay+timeout)
+	c5, _ := getCreds(g, ns, "k5-credentials")
+	g.Expect(shardKeyIDs(g, ns, bundle.ShardName("p", 2, bundle.ShardOf(c5.KeyID, 2)))).NotTo(ContainElement(c5.KeyID))
+
+	// A disable and a delete are published at once, pace or not.
+	c0, _ := getCreds(g, ns, "k0-credentials")
+	c1, _ := getCreds(g, ns, "k1-credentials")
+	k0 := getApiKey(g, ns, "k0")
+	k0.Spec.Disabled = true
+	g.Expect(k8sClient.Update(context.Background(), k0)).To(Succeed())
+	g.Expect(k8sClient.Delete(context.Background(), getApiKey(g, ns, "k1"))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(shardKeyIDs(g, ns, bundle.ShardName("p", 2, bundle.ShardOf(c0.KeyID, 2)))).NotTo(ContainElement(c0.KeyID))
+		g.Expect(shardKeyIDs(g, ns, bundle.ShardName("p", 2, bundle.ShardOf(c1.KeyID, 2)))).NotTo(ContainElement(c1.KeyID))
+	}, timeout, interval).Should(Succeed())
+	waitReason(t, ns, "k0", "False/"+keygatev1.ReasonDisabled)
+}
+
+// shardKeyIDs lists the key IDs a shard Secret carries.
+func shardKeyIDs(g Gomega, ns, name string) []string {
+	s := &corev1.Secret{}
+	g.Expect(k8sClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, s)).To(Succeed())
+	doc, err := bundle.ParseShard(s.Data[bundle.SecretDataKey])
+	g.Expect(err).NotTo(HaveOccurred())
+	var ids []string
+	for _, k := range doc.Keys {
+		ids = append(ids, k.KeyID)
+	}
+	return ids
+}
+
+// waitReasonWithin is waitReason with its own limit.
+func waitReasonWithin(t *testing.T, ns, name, want string, limit time.Duration) {
+	t.Helper()
+	NewWithT(t).Eventually(func(g Gomega) string { return readyReasonOf(g, ns, name) }, limit, interval).Should(Equal(want), "ApiKey %s", name)
 }

@@ -40,6 +40,8 @@ type TokenPolicyReconciler struct {
 
 	// ownWrites maps each bundle Secret to the resourceVersion this process wrote.
 	ownWrites sync.Map
+	// pacer spaces the shard writes that only add keys.
+	pacer additionPacer
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies,verbs=get;list;watch
@@ -67,8 +69,10 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	}
 	before := policy.DeepCopy()
 	patch := client.MergeFrom(before)
+	pending := false // the bundle is not written yet; the pass is retried
 	defer func() {
 		switch {
+		case pending:
 		case errors.Is(err, reconcile.TerminalError(nil)):
 			policy.Status.ObservedGeneration = policy.Generation // the phase set the conditions
 		case err != nil:
@@ -85,7 +89,12 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
 	}()
 	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second)}
-	return runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle, r.ensureUsage)
+	res, err = runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle, r.ensureUsage)
+	if errors.Is(err, errBundleCacheBehind) {
+		pending = true
+		return ctrl.Result{RequeueAfter: ownWriteRetry}, nil
+	}
+	return res, err
 }
 
 // ownedObject stamps the labels and owner reference of a TokenPolicy's child.

@@ -279,6 +279,7 @@ func TestAlreadyExistsTellsOwnFromForeign(t *testing.T) {
 	err := r.alreadyExists(context.Background(), key, "own")
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(errors.Is(err, errSecretConflict)).To(BeFalse(), "our own Secret is no conflict")
+	g.Expect(errors.Is(err, errCacheBehind)).To(BeTrue(), "the pass ends quietly and is retried")
 	g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeFalse(), "it is retried")
 
 	err = r.alreadyExists(context.Background(), key, "foreign")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -110,7 +113,11 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 			fit, len(entries), where, len(entries)-fit)
 	}
 	meta.SetStatusCondition(&p.Status.Conditions, ready)
-	return ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}, nil
+	res := ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}
+	if w := pub.retryAfter; w > 0 && (res.RequeueAfter == 0 || w < res.RequeueAfter) {
+		res.RequeueAfter = w
+	}
+	return res, nil
 }
 
 // published is what a bundle write put in front of the sidecars.
@@ -119,6 +126,8 @@ type published struct {
 	kept []*keygatev1.ApiKey
 	// shards are the names of the shard Secrets (none for a v1 bundle).
 	shards []string
+	// retryAfter is when shards left waiting by the additions' pace are due.
+	retryAfter time.Duration
 }
 
 // publishUnsharded writes the v1 bundle: every entry in one Secret, the
@@ -130,7 +139,7 @@ func (r *TokenPolicyReconciler) publishUnsharded(ctx context.Context, p *keygate
 		return published{}, err
 	}
 	cuts := cutoffs{limit: cutAfter(limitCut), size: sizeCut(owners, fit, len(entries))}
-	if err := r.writeBundle(ctx, p, bundle.SecretName(p.Name), data, cuts.annotations(), nil); err != nil {
+	if _, _, err := r.writeBundle(ctx, p, bundle.SecretName(p.Name), data, cuts.annotations(), nil); err != nil {
 		return published{}, err
 	}
 	return published{kept: owners[:fit]}, nil
@@ -208,12 +217,18 @@ func packKeys(entries []bundle.Key, limit int, encode func([]bundle.Key) ([]byte
 }
 
 // writeBundle creates the bundle Secret or replaces it when its bytes or its
-// annotations differ; the write is guarded by the resourceVersion read.
-func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.TokenPolicy, name string, data []byte, annotations, labels map[string]string) error {
+// annotations differ; the write is guarded by the resourceVersion read. It
+// returns the resourceVersion that holds data and whether it wrote it.
+func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.TokenPolicy, name string, data []byte, annotations, labels map[string]string) (rv string, wrote bool, err error) {
 	cached := &corev1.Secret{}
 	found, err := r.getOwned(ctx, p, cached, name, client.UnsafeDisableDeepCopy)
 	if err != nil {
-		return fmt.Errorf("bundle Secret: %w", err)
+		return "", false, fmt.Errorf("bundle Secret: %w", err)
+	}
+	if found {
+		if cached, err = r.awaitOwnWrite(ctx, p, cached); err != nil {
+			return "", false, err
+		}
 	}
 	desired := &corev1.Secret{Type: corev1.SecretTypeOpaque, Data: map[string][]byte{bundle.SecretDataKey: data}}
 	if found {
@@ -230,12 +245,12 @@ func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.To
 		maps.Copy(desired.Labels, labels)
 	}
 	if err := r.ownedObject(p, desired); err != nil {
-		return err
+		return "", false, err
 	}
 	if found && bytes.Equal(cached.Data[bundle.SecretDataKey], data) && len(cached.Data) == 1 && cached.Type == desired.Type &&
 		maps.Equal(cached.Annotations, desired.Annotations) &&
 		equality.Semantic.DeepEqual(cached.Labels, desired.Labels) && equality.Semantic.DeepEqual(cached.OwnerReferences, desired.OwnerReferences) {
-		return nil
+		return cached.ResourceVersion, false, nil
 	}
 	if found {
 		err = r.Update(ctx, desired, fieldOwner)
@@ -243,11 +258,65 @@ func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.To
 		err = r.Create(ctx, desired, fieldOwner)
 	}
 	if err != nil {
-		return fmt.Errorf("write bundle Secret %q: %w", name, err)
+		return "", false, fmt.Errorf("write bundle Secret %q: %w", name, err)
 	}
 	r.ownWrites.Store(types.NamespacedName{Namespace: p.Namespace, Name: name}, desired.ResourceVersion)
 	ctrl.LoggerFrom(ctx).V(1).Info("Wrote bundle Secret", "secret", name, "bytes", len(data))
-	return nil
+	return desired.ResourceVersion, true, nil
+}
+
+// ownWriteWait bounds how long a pass waits for the cache to show the
+// bundle Secret this process wrote last; past it, the pass ends with
+// errBundleCacheBehind and is retried after ownWriteRetry.
+const (
+	ownWriteWait  = 500 * time.Millisecond
+	ownWriteRetry = 250 * time.Millisecond
+)
+
+// errBundleCacheBehind ends a pass quietly: the cache has not caught up
+// with a bundle Secret this process wrote (a loaded API server's watch may
+// lag by seconds). Nothing failed; the pass is retried shortly.
+var errBundleCacheBehind = errors.New("the cache has not caught up with the bundle Secret written")
+
+// awaitOwnWrite returns the cached bundle Secret once the cache holds at
+// least the version this process last wrote. A pass that starts right after
+// the previous one (the shards are written side by side) may otherwise read
+// the version before: an update from it is refused as a conflict, and worse,
+// content equal to that older version would not be written at all, though
+// the API server holds the newer one (a key deleted just after being added
+// would stay in the bundle).
+func (r *TokenPolicyReconciler) awaitOwnWrite(ctx context.Context, p *keygatev1.TokenPolicy, cached *corev1.Secret) (*corev1.Secret, error) {
+	nn := types.NamespacedName{Namespace: cached.Namespace, Name: cached.Name}
+	v, ok := r.ownWrites.Load(nn)
+	if !ok {
+		return cached, nil
+	}
+	wrote := v.(string)
+	behind := func(s *corev1.Secret) bool {
+		c, err := resourceversion.CompareResourceVersion(s.ResourceVersion, wrote)
+		return err == nil && c < 0
+	}
+	if !behind(cached) {
+		return cached, nil
+	}
+	err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, ownWriteWait, false, func(ctx context.Context) (bool, error) {
+		fresh := &corev1.Secret{}
+		if err := r.Get(ctx, nn, fresh, client.UnsafeDisableDeepCopy); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		cached = fresh
+		return !behind(fresh), nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			err = errBundleCacheBehind
+		}
+		return nil, fmt.Errorf("bundle Secret %q at resourceVersion %s: %w", nn.Name, wrote, err)
+	}
+	if !metav1.IsControlledBy(cached, p) {
+		return nil, fmt.Errorf("%q exists and is not owned by TokenPolicy %q", nn.Name, p.Name)
+	}
+	return cached, nil
 }
 
 // isOwnBundleWrite filters the watch event of a bundle write this process

@@ -34,8 +34,8 @@ import (
 
 // Client-side rate limit of the manager's API client (see --kube-api-qps).
 const (
-	DefaultKubeAPIQPS   = 200
-	DefaultKubeAPIBurst = 400
+	DefaultKubeAPIQPS   = 500
+	DefaultKubeAPIBurst = 1000
 )
 
 func main() {
@@ -67,12 +67,21 @@ func run(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG, the in-cluster config or ~/.kube/config.")
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "Client-side limit of requests per second to the API server (its priority and fairness is the real protection); the same whatever the config source.")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "Requests to the API server allowed at once above --kube-api-qps.")
+	pprofAddr := fs.String("pprof-bind-address", "0", "Address net/http/pprof is served on (/debug/pprof/; it shows memory contents, bind it to localhost); 0 turns it off.")
+	var ctrlOpts controllers.Options
+	fs.IntVar(&ctrlOpts.ApiKeyConcurrency, "apikey-concurrency", controllers.DefaultApiKeyConcurrency, "ApiKeys reconciled at once.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kubeQPS <= 0 || *kubeBurst <= 0 {
 		return fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", *kubeQPS, *kubeBurst)
 	}
+	if ctrlOpts.ApiKeyConcurrency <= 0 {
+		return fmt.Errorf("--apikey-concurrency (%d) must be positive", ctrlOpts.ApiKeyConcurrency)
+	}
+	// The API client's latency and its rate limiter's wait, on /metrics:
+	// which of the two sets the pace (docs/operator.md, "At scale").
+	crmetrics.RegisterRESTClientMetrics(crmetrics.MetricRequestLatency, crmetrics.MetricRateLimiterLatency)
 	logger := controllers.QuietConflicts(controllers.CapVerbosity(zap.New(zap.UseFlagOptions(&zapOpts))))
 	ctrl.SetLogger(logger)
 	// client-go (leader election among others) logs through klog: the same
@@ -113,6 +122,7 @@ func run(ctx context.Context, args []string) error {
 		// Leaving at once on shutdown lets a new leader start without waiting for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(watched),
+		PprofBindAddress:              *pprofAddr,
 	}
 	if *enableInjection {
 		opts.WebhookServer = inject.WebhookServer()
@@ -125,7 +135,7 @@ func run(ctx context.Context, args []string) error {
 	if err := mgr.Add(contact); err != nil {
 		return fmt.Errorf("add API server probe: %w", err)
 	}
-	if err := controllers.SetupWithManager(ctx, mgr, controllers.Options{}); err != nil {
+	if err := controllers.SetupWithManager(ctx, mgr, ctrlOpts); err != nil {
 		return err
 	}
 	if err := controllers.RegisterMetrics(mgr.GetCache()); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,6 +183,152 @@ func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
 		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		if err == nil {
 			out[verb+" "+resource] += f
+		}
+	}
+	return out
+}
+
+// serverLog matches controller-runtime's "starting server" line of the
+// server named name (it carries the bound address).
+func serverLog(name string) func(map[string]any) bool {
+	return func(l map[string]any) bool { return l["msg"] == "starting server" && l["name"] == name }
+}
+
+// profileSeconds is the length of the manager's CPU profile
+// (BENCH_PROFILE_SECONDS, default 60), from the first ApiKey created.
+func profileSeconds() string {
+	if v := os.Getenv("BENCH_PROFILE_SECONDS"); v != "" {
+		return v
+	}
+	return "60"
+}
+
+// fetch saves what url serves into file (profiles, BENCH_PROFILE=dir).
+func fetch(b *testing.B, url, file string) {
+	resp, err := http.Get(url) //nolint:gosec,noctx // a loopback address the benchmark read from a log
+	if err != nil {
+		b.Errorf("fetch %s: %v", url, err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	if err == nil {
+		err = os.WriteFile(file, raw, 0o600)
+	}
+	if err != nil {
+		b.Errorf("fetch %s: %v", url, err)
+		return
+	}
+	fmt.Printf("  saved %s\n", file)
+}
+
+// printManagerMetrics prints the manager's work queue, reconcile and API
+// client figures (sums and counts, no buckets): how long keys waited in the
+// queue and in the client-side rate limiter, against the reconciles' own time.
+func printManagerMetrics(b *testing.B, base string, n int) {
+	resp, err := http.Get(base + "/metrics") //nolint:gosec,noctx // a loopback address the benchmark read from a log
+	if err != nil {
+		b.Errorf("manager metrics: %v", err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Errorf("manager metrics: %v", err)
+		return
+	}
+	fmt.Printf("  manager metrics at N=%d, all settled:\n", n)
+	for _, line := range strings.Split(string(raw), "\n") {
+		name, _, _ := strings.Cut(line, "{")
+		name, _, _ = strings.Cut(name, " ")
+		switch {
+		case strings.HasPrefix(line, "#"), strings.HasSuffix(name, "_bucket"):
+		case strings.HasPrefix(name, "workqueue_") && !strings.Contains(line, "unfinished") && !strings.Contains(line, "longest"),
+			strings.HasPrefix(name, "controller_runtime_reconcile_"),
+			strings.HasPrefix(name, "rest_client_rate_limiter_duration_seconds"),
+			strings.HasPrefix(name, "rest_client_request_duration_seconds"),
+			strings.HasPrefix(name, "keygate_"):
+			fmt.Println("    " + line)
+		}
+	}
+}
+
+// cpuSeconds is the CPU time (user + system) process pid has used so far;
+// 0 when it cannot be read.
+func cpuSeconds(pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	_, after, ok := strings.Cut(string(raw), ") ")
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(after)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
+}
+
+// pidWithArg finds the process whose command line holds arg (the envtest
+// API server and etcd, told apart from other runs by their ports); 0 when none.
+func pidWithArg(arg string) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(strings.ReplaceAll(string(raw), "\x00", " "), arg) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// cpuMeter reads the CPU time of a set of processes, to tell which one a
+// phase kept busy.
+type cpuMeter map[string]int
+
+func (m cpuMeter) read() map[string]float64 {
+	out := map[string]float64{}
+	for name, pid := range m {
+		out[name] = cpuSeconds(pid)
+	}
+	return out
+}
+
+// since formats the CPU seconds each process used since before.
+func (m cpuMeter) since(before map[string]float64) string {
+	now := m.read()
+	names := make([]string, 0, len(m))
+	for name := range m {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, name := range names {
+		parts = append(parts, fmt.Sprintf("%s %.1f s", name, now[name]-before[name]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// errorSummary counts the process's error-level log lines by message and error.
+func (p *process) errorSummary() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for _, l := range p.lines {
+		if l["level"] == "error" {
+			out[fmt.Sprintf("%v: %v", l["msg"], l["error"])]++
 		}
 	}
 	return out
