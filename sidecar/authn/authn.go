@@ -183,7 +183,8 @@ func slicesGrow(b []byte, n int) []byte {
 // Authenticator authenticates requests against the runtime in force.
 type Authenticator struct {
 	Revoked *revocation.Set
-	// CacheSize bounds the verified-token cache (entries); default 10000.
+	// CacheSize bounds the verified-token cache and the key-identity cache
+	// (entries each); default 10000.
 	CacheSize int
 
 	cache atomic.Pointer[tokenCache]
@@ -318,12 +319,23 @@ func (a *Authenticator) keyIdentity(rt *config.Runtime, k *config.Key, client, v
 	if ferr != nil {
 		return nil, ferr
 	}
-	// The map keeps the bundle's client name, not the request's bytes.
+	// The map keeps the bundle's client name, not the request's bytes. It
+	// is bounded like the token cache: past that, identities are built per
+	// request (a policy can hold 100,000 keys).
 	ik.client = id.Client
 	c.idMu.Lock()
-	c.ids[ik] = id
+	if len(c.ids) < a.cacheSize() {
+		c.ids[ik] = id
+	}
 	c.idMu.Unlock()
 	return id, nil
+}
+
+func (a *Authenticator) cacheSize() int {
+	if a.CacheSize <= 0 {
+		return 10000
+	}
+	return a.CacheSize
 }
 
 // CheckAddress applies the policy's, the key's and the token's CIDR lists.
@@ -352,7 +364,7 @@ type cached struct {
 }
 
 // tokenCache holds, for one runtime, the verified tokens and the key
-// identities built (bounded by the bundle's keys and clients).
+// identities built.
 type tokenCache struct {
 	rt *config.Runtime
 	mu sync.RWMutex
@@ -417,10 +429,7 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 	if claims.NotBefore != nil {
 		e.nbf = claims.NotBefore.Time()
 	}
-	size := a.CacheSize
-	if size <= 0 {
-		size = 10000
-	}
+	size := a.cacheSize()
 	c.mu.Lock()
 	if len(c.m) >= size {
 		for k, v := range c.m {

@@ -92,3 +92,33 @@ func TestKeyIdentityShared(t *testing.T) {
 		t.Fatalf("identity after a new bundle: %+v (before %+v)", id3, id1)
 	}
 }
+
+// TestKeyIdentityCacheBounded: past CacheSize key identities, the rest are
+// built per request (correct, just not shared).
+func TestKeyIdentityCacheBounded(t *testing.T) {
+	_, f := runtimeFor(t)
+	f.AddKey("apk-2", []string{"charges:List"})
+	rt, err := config.Compile(f.JSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Authenticator{Revoked: revocation.NewSet(), CacheSize: 1}
+	get := func(user string) *Identity {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth(user, f.Secrets[user])
+		id, ferr := a.Request(rt, r, time.Now())
+		if ferr != nil || id.KeyID != user {
+			t.Fatalf("%s: %+v %v", user, id, ferr)
+		}
+		return id
+	}
+	if first, again := get("apk-1"), get("apk-1"); first != again {
+		t.Fatal("the first key's identity is not shared")
+	}
+	if second, again := get("apk-2"), get("apk-2"); second == again {
+		t.Fatal("a second identity was cached past CacheSize 1")
+	}
+	if n := len(a.cacheFor(rt).ids); n != 1 {
+		t.Fatalf("%d identities cached, want 1", n)
+	}
+}
