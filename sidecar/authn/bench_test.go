@@ -52,3 +52,29 @@ func BenchmarkBearerCached(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBearerUncached is the first use of a token: full verification and
+// the identity built and cached.
+func BenchmarkBearerUncached(b *testing.B) {
+	rt, _ := runtimeFor(b)
+	a := &Authenticator{Revoked: revocation.NewSet()}
+	now := time.Now()
+	toks := make([]string, 4096)
+	for i := range toks {
+		toks[i], _, _ = rt.Keyset.Issue(token.Spec{Subject: "apk-1", Perms: []string{"charges:List"}, TTL: time.Hour}, now)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i == len(toks) {
+			b.StopTimer()
+			a = &Authenticator{Revoked: revocation.NewSet()}
+			i = 0
+			b.StartTimer()
+		}
+		if _, err := a.Bearer(rt, toks[i], now); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
