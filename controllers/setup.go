@@ -321,12 +321,16 @@ func policyOf(name func(client.Object) (string, bool)) handler.EventHandler {
 
 // CacheOptions scopes the manager's cache to namespaces (all when empty) and,
 // to keep memory flat, caches only the Secrets and ConfigMaps keygate writes
-// (labelled app.kubernetes.io/managed-by=keygate). A Secret of someone else
-// is therefore invisible to the reconcilers; creating over it fails with
-// AlreadyExists, which they report as SecretConflict.
+// (labelled app.kubernetes.io/managed-by=keygate), without their
+// managedFields (nothing reads them, and they are a good part of each cached
+// ApiKey and Secret; a write that leaves them out keeps them on the server).
+// A Secret of someone else is therefore invisible to the reconcilers;
+// creating over it fails with AlreadyExists, which they report as
+// SecretConflict.
 func CacheOptions(namespaces []string) cache.Options {
 	managed := labels.SelectorFromSet(labels.Set{keygatev1.LabelManagedBy: keygatev1.ManagedByValue})
 	opts := cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}:    {Label: managed},
 			&corev1.ConfigMap{}: {Label: managed},
