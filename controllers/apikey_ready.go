@@ -203,9 +203,14 @@ func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 		}
 		keys, v.hashKey, v.shards = b.Keys, b.HashKey, b.Shards
 	}
+	// Only what Ready depends on is kept (sameEntry, Carries): at 100,000
+	// keys two parsed versions of every shard are held, and the rest of each
+	// entry (permissions, clients, limits) doubled their size.
 	v.byName = make(map[string]*bundle.Key, len(keys))
+	kept := make([]bundle.Key, len(keys))
 	for i := range keys {
-		v.byName[keys[i].Name] = &keys[i]
+		kept[i] = bundle.Key{KeyID: keys[i].KeyID, Secrets: keys[i].Secrets}
+		v.byName[keys[i].Name] = &kept[i]
 	}
 	if c.m == nil {
 		c.m = map[types.NamespacedName][2]*bundleView{}
