@@ -1,14 +1,17 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -262,7 +265,8 @@ func TestBundleKeyDropsPreviousDigestOfAnotherHashKey(t *testing.T) {
 			if err := controllerutil.SetControllerReference(key, s, scheme); err != nil {
 				t.Fatal(err)
 			}
-			k, ok := bundleKey(key, s, hashKey, t0)
+			c, digest := (&credsPass{cur: map[string]*memoCreds{}}).read(s, hashKey)
+			k, ok := bundleKey(key, s, c, digest, hashKey, t0)
 			if !ok || len(k.Secrets) != tt.want {
 				t.Fatalf("ok=%v, %d digests, want %d", ok, len(k.Secrets), tt.want)
 			}
@@ -316,4 +320,38 @@ func TestPolicyOfMapsOnlyTheOwningPolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A pass reads each credentials Secret once per resourceVersion: the next
+// pass reuses it (same digest bytes), a new version or another hash key is
+// read again, and a Secret the pass did not read is dropped.
+func TestCredsMemo(t *testing.T) {
+	g := NewWithT(t)
+	hashKey, other := bytes.Repeat([]byte{1}, hashKeyLength), bytes.Repeat([]byte{2}, hashKeyLength)
+	secretOf := func(name, rv, secret string) *corev1.Secret {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: rv}}
+		writeCredentials(s, credentials{KeyID: "apk-" + name, Secret: secret, Version: 1, RotatedAt: time.Unix(0, 0)})
+		return s
+	}
+	policy := types.NamespacedName{Namespace: "ns", Name: "p"}
+	var m credsMemo
+	a1, b1 := secretOf("a", "1", strings.Repeat("a", secretLength)), secretOf("b", "1", strings.Repeat("b", secretLength))
+	pass := m.begin(policy)
+	ca, da := pass.read(a1, hashKey)
+	g.Expect(ca.KeyID).To(Equal("apk-a"))
+	g.Expect(da).To(Equal(bundle.Digest(hashKey, strings.Repeat("a", secretLength))))
+	pass.read(b1, hashKey)
+	m.end(policy, pass)
+
+	pass = m.begin(policy)
+	ca2, da2 := pass.read(a1, hashKey)
+	g.Expect(ca2).To(BeIdenticalTo(ca), "same resourceVersion: read once")
+	g.Expect(&da2[0]).To(BeIdenticalTo(&da[0]))
+	a2 := secretOf("a", "2", strings.Repeat("c", secretLength))
+	_, da3 := pass.read(a2, hashKey)
+	g.Expect(da3).To(Equal(bundle.Digest(hashKey, strings.Repeat("c", secretLength))), "a new version is read again")
+	_, da4 := pass.read(a2, other)
+	g.Expect(da4).To(Equal(bundle.Digest(other, strings.Repeat("c", secretLength))), "another hash key digests again")
+	m.end(policy, pass)
+	g.Expect(m.begin(policy).old).To(HaveLen(1), "b was not read by the last pass")
 }

@@ -79,22 +79,23 @@ func resolvePolicy(p *keygatev1.TokenPolicy) bundle.Policy {
 // Secret: the digest of the current secret and, during the grace period, of
 // the previous one. ok is false when the Secret is missing, not the key's own
 // or edited by hand (the ApiKey reconciler then writes a new one).
-func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, hashKey []byte, now time.Time) (k bundle.Key, ok bool) {
-	if secret == nil || !metav1.IsControlledBy(secret, key) {
+// c are the Secret's credentials and digest their current secret's digest
+// with hashKey (credsPass.read).
+func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, c *credentials, digest, hashKey []byte, now time.Time) (k bundle.Key, ok bool) {
+	if secret == nil || c == nil || !metav1.IsControlledBy(secret, key) {
 		return bundle.Key{}, false
 	}
-	c := readCredentials(secret)
 	if !c.Intact {
 		return bundle.Key{}, false
 	}
 	k = bundle.Key{
 		Name:         key.Name,
 		KeyID:        c.KeyID,
-		Secrets:      []bundle.SecretDigest{{Digest: bundle.Digest(hashKey, c.Secret), Version: c.Version}},
+		Secrets:      []bundle.SecretDigest{{Digest: digest, Version: c.Version}},
 		Permissions:  toStrings(key.Spec.Permissions),
 		AllowedCIDRs: toStrings(key.Spec.AllowedCIDRs),
 	}
-	if prev := livePrevious(&c, now); prev != nil && prev.HashKeyID == hashKeyID(hashKey) {
+	if prev := livePrevious(c, now); prev != nil && prev.HashKeyID == hashKeyID(hashKey) {
 		exp := prev.ExpiresAt.UTC()
 		k.Secrets = append(k.Secrets, bundle.SecretDigest{Digest: prev.Digest, Version: prev.Version, ExpiresAt: &exp})
 	}
@@ -109,16 +110,15 @@ func bundleKey(key *keygatev1.ApiKey, secret *corev1.Secret, hashKey []byte, now
 	return k, true
 }
 
-// wakeups are the future times at which a key's bundle entry changes.
-func keyWakeups(key *keygatev1.ApiKey, secret *corev1.Secret) []time.Time {
+// wakeups are the future times at which a key's bundle entry changes; c
+// are its credentials (nil when it has none).
+func keyWakeups(key *keygatev1.ApiKey, c *credentials) []time.Time {
 	var times []time.Time
 	if key.Spec.ExpiresAt != nil {
 		times = append(times, key.Spec.ExpiresAt.Time)
 	}
-	if secret != nil {
-		if c := readCredentials(secret); c.Previous != nil {
-			times = append(times, c.Previous.ExpiresAt)
-		}
+	if c != nil && c.Previous != nil {
+		times = append(times, c.Previous.ExpiresAt)
 	}
 	return times
 }

@@ -42,6 +42,11 @@ type TokenPolicyReconciler struct {
 	ownWrites sync.Map
 	// pacer spaces the shard writes that only add keys.
 	pacer additionPacer
+	// creds keeps what a pass read of each credentials Secret.
+	creds credsMemo
+	// shardSets is, per policy, the shard names last published after which
+	// no stale shard was left (deleteStaleShards).
+	shardSets sync.Map
 }
 
 // +kubebuilder:rbac:groups=keygate.dev,resources=tokenpolicies,verbs=get;list;watch
@@ -62,6 +67,10 @@ type policyPass struct {
 func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	policy := &keygatev1.TokenPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, policy); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.creds.forget(req.NamespacedName)
+			r.shardSets.Delete(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !policy.DeletionTimestamp.IsZero() {

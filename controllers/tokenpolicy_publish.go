@@ -56,8 +56,12 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 	entries := make([]bundle.Key, 0, len(adm.accepted))
 	owners := make([]*keygatev1.ApiKey, 0, len(adm.accepted))
 	seen := make(map[string]bool, len(adm.accepted))
+	policyKey := client.ObjectKeyFromObject(p)
+	memo := r.creds.begin(policyKey)
 	for _, key := range adm.accepted {
-		k, ok := bundleKey(key, byName[credentialsSecretName(key)], pass.signing.HashKey, pass.now)
+		s := byName[credentialsSecretName(key)]
+		c, digest := memo.read(s, pass.signing.HashKey)
+		k, ok := bundleKey(key, s, c, digest, pass.signing.HashKey, pass.now)
 		if !ok || seen[k.KeyID] {
 			continue
 		}
@@ -81,12 +85,14 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	r.creds.end(policyKey, memo)
 	if err := r.deleteStaleShards(ctx, p, pub.shards); err != nil {
 		return ctrl.Result{}, err
 	}
 	var wakeups []time.Time
 	for _, key := range pub.kept {
-		wakeups = append(wakeups, keyWakeups(key, byName[credentialsSecretName(key)])...)
+		c, _ := memo.read(byName[credentialsSecretName(key)], pass.signing.HashKey)
+		wakeups = append(wakeups, keyWakeups(key, c)...)
 	}
 
 	name := bundle.SecretName(p.Name)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -117,6 +118,14 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 // written does not name (all of them after a v1 bundle). The index no longer
 // names them, so no sidecar reads them.
 func (r *TokenPolicyReconciler) deleteStaleShards(ctx context.Context, p *keygatev1.TokenPolicy, current []string) error {
+	// Shards are only ever left behind by a change of their set; listing
+	// the policy's Secrets every pass cost a scan of 100,000 credentials
+	// Secrets in the cache at 100,000 keys.
+	policyKey := client.ObjectKeyFromObject(p)
+	set := strings.Join(current, ",")
+	if last, ok := r.shardSets.Load(policyKey); ok && last == set {
+		return nil
+	}
 	secrets := &corev1.SecretList{}
 	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
 		client.HasLabels{bundle.LabelShard}, client.UnsafeDisableDeepCopy); err != nil {
@@ -134,5 +143,6 @@ func (r *TokenPolicyReconciler) deleteStaleShards(ctx context.Context, p *keygat
 		r.ownWrites.Delete(client.ObjectKeyFromObject(stale))
 		r.pacer.forget(client.ObjectKeyFromObject(stale))
 	}
+	r.shardSets.Store(policyKey, set)
 	return nil
 }
