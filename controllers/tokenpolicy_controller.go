@@ -70,6 +70,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		if apierrors.IsNotFound(err) {
 			r.creds.forget(req.NamespacedName)
 			r.shardSets.Delete(req.NamespacedName)
+			r.pacer.forgetPolicy(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}

@@ -87,6 +87,13 @@ func (a *additionPacer) record(nn types.NamespacedName, rv string, entries []bun
 	a.shards[nn] = shardWritten{resourceVersion: rv, byName: byName}
 }
 
+// forgetPolicy drops the pace of a deleted policy.
+func (a *additionPacer) forgetPolicy(policy types.NamespacedName) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.next, policy)
+}
+
 // forget drops what is remembered of a deleted shard Secret.
 func (a *additionPacer) forget(nn types.NamespacedName) {
 	a.mu.Lock()

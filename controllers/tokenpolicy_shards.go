@@ -48,8 +48,12 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 		written atomic.Int64 // bytes
 	)
 	// The shards are independent of each other: written side by side, a
-	// pass costs about one round trip however many shards changed.
-	g, gctx := errgroup.WithContext(ctx)
+	// pass costs about one round trip however many shards changed. One
+	// write failing does not cancel the others: a write cancelled after it
+	// was sent may still be applied, unrecorded (ownWrites), and the next
+	// pass, reading a cache that has not seen it, would conflict (at
+	// 100,000 keys such conflicts fed each other, 34 in one run).
+	var g errgroup.Group
 	g.SetLimit(shardWriters)
 	for s, idx := range perShard {
 		shardEntries := make([]bundle.Key, len(idx))
@@ -81,7 +85,7 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 		carried := shardEntries[:fit]
 		annotations := cutoffs{size: sizeCut(shardOwners, fit, len(shardOwners))}.annotations()
 		g.Go(func() error {
-			rv, wrote, err := r.writeBundle(gctx, p, names[s], data, annotations, map[string]string{bundle.LabelShard: strconv.Itoa(s)})
+			rv, wrote, err := r.writeBundle(ctx, p, names[s], data, annotations, map[string]string{bundle.LabelShard: strconv.Itoa(s)})
 			if err != nil {
 				return err
 			}
