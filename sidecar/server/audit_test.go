@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // spoofed are identity and decision headers a client sends to look allowed;
@@ -22,13 +23,13 @@ var spoofed = []string{
 }
 
 func TestAuditForwardsRefusalsWithDecision(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
 	h := newHarness(t, f)
 	lake, other := f.Secrets["apk-lake"], f.Secrets["apk-other"]
 
-	revokedTok := h.token("apk-other")
-	if r := h.do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", "application/json", "Authorization", "Bearer "+revokedTok); r.Status != http.StatusCreated {
+	revokedTok := h.Token("apk-other")
+	if r := h.Do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", "application/json", "Authorization", "Bearer "+revokedTok); r.Status != http.StatusCreated {
 		t.Fatalf("revoke: %d %s", r.Status, r.Body)
 	}
 
@@ -37,28 +38,28 @@ func TestAuditForwardsRefusalsWithDecision(t *testing.T) {
 		auth               string
 		decision, keyID    string
 	}{
-		{"allowed", "GET", "/charges", basic("apk-lake", lake), "allow", "apk-lake"},
+		{"allowed", "GET", "/charges", sidecartest.Basic("apk-lake", lake), "allow", "apk-lake"},
 		{"public path", "GET", "/healthz", "", "allow", ""},
 		{"no credentials", "GET", "/charges", "", "deny; reason=unauthenticated", ""},
-		{"wrong secret", "GET", "/charges", basic("apk-lake", lake+"x"), "deny; reason=unauthenticated", ""},
-		{"unknown key", "GET", "/charges", basic("apk-nobody", lake), "deny; reason=unauthenticated", ""},
-		{"expired key", "GET", "/charges", basic("apk-old", f.Secrets["apk-old"]), "deny; reason=unauthenticated", ""},
-		{"outside the key's CIDRs", "GET", "/charges", basic("apk-far", f.Secrets["apk-far"]), "deny; reason=cidr", ""},
+		{"wrong secret", "GET", "/charges", sidecartest.Basic("apk-lake", lake+"x"), "deny; reason=unauthenticated", ""},
+		{"unknown key", "GET", "/charges", sidecartest.Basic("apk-nobody", lake), "deny; reason=unauthenticated", ""},
+		{"expired key", "GET", "/charges", sidecartest.Basic("apk-old", f.Secrets["apk-old"]), "deny; reason=unauthenticated", ""},
+		{"outside the key's CIDRs", "GET", "/charges", sidecartest.Basic("apk-far", f.Secrets["apk-far"]), "deny; reason=cidr", ""},
 		{"revoked token", "GET", "/charges", "Bearer " + revokedTok, "deny; reason=revoked", ""},
-		{"missing permission", "GET", "/reports/q1", basic("apk-other", other), "deny; reason=forbidden:reports:Read", "apk-other"},
-		{"method override needing a permission", "GET", "/charges?_method=POST", basic("apk-lake", lake), "deny; reason=forbidden:charges:Create", "apk-lake"},
-		{"no rule", "GET", "/elsewhere", basic("apk-lake", lake), "deny; reason=forbidden", "apk-lake"},
+		{"missing permission", "GET", "/reports/q1", sidecartest.Basic("apk-other", other), "deny; reason=forbidden:reports:Read", "apk-other"},
+		{"method override needing a permission", "GET", "/charges?_method=POST", sidecartest.Basic("apk-lake", lake), "deny; reason=forbidden:charges:Create", "apk-lake"},
+		{"no rule", "GET", "/elsewhere", sidecartest.Basic("apk-lake", lake), "deny; reason=forbidden", "apk-lake"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hdr := append([]string{}, spoofed...)
 			if tc.auth != "" {
 				hdr = append(hdr, "Authorization", tc.auth)
 			}
-			r := h.do(tc.method, tc.path, "", hdr...)
+			r := h.Do(tc.method, tc.path, "", hdr...)
 			if r.Status != http.StatusOK {
 				t.Fatalf("audit mode refused: %d %s", r.Status, r.Body)
 			}
-			seen := r.seen(t)
+			seen := r.Seen(t)
 			if got := seen.Headers[HeaderDecision]; len(got) != 1 || got[0] != tc.decision {
 				t.Fatalf("%s = %q, want [%q]", HeaderDecision, got, tc.decision)
 			}
@@ -90,16 +91,16 @@ func TestAuditForwardsRefusalsWithDecision(t *testing.T) {
 }
 
 func TestAuditForwardsFailureLimitedRequests(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
 	h := newHarness(t, f, func(o *Options) { o.FailureLimit = 3 })
 	// The failure limit (3 here) still counts; once tripped, a request is
 	// forwarded as ratelimited, without identity, rather than refused with 429.
 	for i := 0; i < 3; i++ {
-		h.do("GET", "/charges", "", "Authorization", basic("apk-lake", "wrong"))
+		h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", "wrong"))
 	}
-	r := h.do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", basic("apk-lake", f.Secrets["apk-lake"]))...)
-	seen := r.seen(t)
+	r := h.Do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]))...)
+	seen := r.Seen(t)
 	if got := seen.Headers[HeaderDecision]; len(got) != 1 || got[0] != "deny; reason=ratelimited" {
 		t.Fatalf("after the failure limit: %s = %q", HeaderDecision, got)
 	}
@@ -113,30 +114,30 @@ func TestAuditForwardsFailureLimitedRequests(t *testing.T) {
 }
 
 func TestAuditLeavesTokenEndpointEnforced(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
 	h := newHarness(t, f)
-	r := h.do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"wrong"}`, "Content-Type", "application/json")
-	if r.Status != http.StatusUnauthorized || r.json(t)["error"] != "invalid_client" {
+	r := h.Do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"wrong"}`, "Content-Type", "application/json")
+	if r.Status != http.StatusUnauthorized || r.JSON(t)["error"] != "invalid_client" {
 		t.Fatalf("token endpoint under Audit with a wrong secret: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", PathAuthTest, ""), challenge)
-	r = h.do("POST", PathIntrospect, "token=nonsense", "Content-Type", "application/x-www-form-urlencoded")
-	if r.Status == http.StatusOK && r.json(t)["active"] == true {
+	sidecartest.Expect401(t, h.Do("GET", PathAuthTest, ""), sidecartest.Challenge)
+	r = h.Do("POST", PathIntrospect, "token=nonsense", "Content-Type", "application/x-www-form-urlencoded")
+	if r.Status == http.StatusOK && r.JSON(t)["active"] == true {
 		t.Fatalf("introspection under Audit: %d %s", r.Status, r.Body)
 	}
 }
 
 func TestEnforceSendsNoDecisionHeader(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	r := h.do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", basic("apk-lake", f.Secrets["apk-lake"]))...)
-	seen := r.seen(t)
+	r := h.Do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]))...)
+	seen := r.Seen(t)
 	if got := seen.Headers[HeaderDecision]; got != nil {
 		t.Fatalf("Enforce forwarded %s = %q", HeaderDecision, got)
 	}
-	expect401(t, h.do("GET", "/charges", "", spoofed...), challenge)
-	r = h.do("GET", "/reports/q1", "", "Authorization", basic("apk-other", f.Secrets["apk-other"]))
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", spoofed...), sidecartest.Challenge)
+	r = h.Do("GET", "/reports/q1", "", "Authorization", sidecartest.Basic("apk-other", f.Secrets["apk-other"]))
 	if r.Status != http.StatusForbidden {
 		t.Fatalf("Enforce let a forbidden request through: %d %s", r.Status, r.Body)
 	}
@@ -171,13 +172,13 @@ func (b *syncBuffer) String() string {
 }
 
 func TestAuditDenialsAreLoggedAtInfo(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
 	logs := &syncBuffer{}
 	h := newHarness(t, f, func(o *Options) { o.Log = slog.New(slog.NewJSONHandler(logs, nil)) })
 	wrong := f.Secrets["apk-lake"] + "x"
-	h.do("GET", "/charges", "", "Authorization", basic("apk-lake", wrong))
-	h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"]))
+	h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", wrong))
+	h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]))
 	out := logs.String()
 	if strings.Count(out, `"result":"audit_deny"`) != 1 || !strings.Contains(out, `"level":"INFO"`) || !strings.Contains(out, `"reason":"unauthenticated"`) {
 		t.Fatalf("want one audit denial logged at info, got:\n%s", out)

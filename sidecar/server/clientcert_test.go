@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keygate-dev/keygate/sidecar/servingcert/certtest"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // clientCertFront serves the harness's chain over TLS requiring client
@@ -24,7 +25,7 @@ func clientCertFront(t *testing.T, h *harness, ca *certtest.CA, h2 bool, cert *t
 	if cert != nil {
 		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
 	}
-	h.base, h.client = front.URL, front.Client()
+	h.Base, h.HTTP = front.URL, front.Client()
 }
 
 // TestClientCertSubjectHeader: the verified client certificate's subject
@@ -32,8 +33,8 @@ func clientCertFront(t *testing.T, h *harness, ca *certtest.CA, h2 bool, cert *t
 // h2, on authenticated and public paths; a client's own copy of the header
 // (any spelling) never passes, with or without client certificates.
 func TestClientCertSubjectHeader(t *testing.T) {
-	f := chargesFixture()
-	auth := basic("apk-lake", f.Secrets["apk-lake"])
+	f := sidecartest.ChargesFixture()
+	auth := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
 	forged := []string{HeaderClientCertSubject, "CN=admin", "X_Keygate_Client_Cert_Subject", "CN=admin", "x-keygate-client-cert-subject", "CN=root"}
 	ca := certtest.NewCA(t)
 	for _, tc := range []struct {
@@ -51,11 +52,11 @@ func TestClientCertSubjectHeader(t *testing.T) {
 				cert := ca.IssueClient(t, 7, tc.subject)
 				clientCertFront(t, h, ca, h2, &cert)
 				for _, path := range []string{"/charges", "/healthz"} {
-					r := h.do("GET", path, "", append([]string{"Authorization", auth}, forged...)...)
+					r := h.Do("GET", path, "", append([]string{"Authorization", auth}, forged...)...)
 					if r.Status != http.StatusOK {
 						t.Fatalf("%s: %d %s", path, r.Status, r.Body)
 					}
-					s := r.seen(t)
+					s := r.Seen(t)
 					for k, v := range s.Headers {
 						if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), HeaderClientCertSubject) && k != HeaderClientCertSubject {
 							t.Fatalf("%s: upstream got the client's %s: %v", path, k, v)
@@ -76,8 +77,8 @@ func TestClientCertSubjectHeader(t *testing.T) {
 		if name == "tls" {
 			h2Front(t, h)
 		}
-		r := h.do("GET", "/charges", "", append([]string{"Authorization", auth}, forged...)...)
-		for k, v := range r.seen(t).Headers {
+		r := h.Do("GET", "/charges", "", append([]string{"Authorization", auth}, forged...)...)
+		for k, v := range r.Seen(t).Headers {
 			if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), HeaderClientCertSubject) {
 				t.Fatalf("%s: upstream got %s: %v", name, k, v)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // rawUpstream answers every request head it reads with a fixed small JSON
@@ -125,7 +126,7 @@ func BenchmarkFastPath(b *testing.B) {
 			}
 		})
 	}
-	run("basic", "Authorization: "+basic("apk-07", f.Secrets["apk-07"]))
+	run("basic", "Authorization: "+sidecartest.Basic("apk-07", f.Secrets["apk-07"]))
 	run("apikey", "X-Api-Key: apk-07:"+f.Secrets["apk-07"])
 	resp, err := http.Post("http://"+addr+"/api/token", "application/json",
 		strings.NewReader(`{"apiKey":"apk-07","secret":"`+f.Secrets["apk-07"]+`"}`))

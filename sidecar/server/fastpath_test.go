@@ -20,6 +20,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // fastFront is a sidecar served by the fast path in front of upstream h.
@@ -40,7 +41,7 @@ func fastFront(t *testing.T, h http.Handler, configure ...func(*httptest.Server)
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
 	srv := New(Options{Store: store, Upstream: u, Metrics: NewMetrics(store), Log: slog.New(slog.DiscardHandler), FailureLimit: 1000})
-	return serveFast(t, srv, testTimeouts), "Authorization: " + basic("apk-fast", f.Secrets["apk-fast"]), up
+	return serveFast(t, srv, testTimeouts), "Authorization: " + sidecartest.Basic("apk-fast", f.Secrets["apk-fast"]), up
 }
 
 func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
@@ -315,7 +316,7 @@ func TestFastPathShutdown(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- fs.Serve(ln) }()
-	auth := "Authorization: " + basic("apk-fast", f.Secrets["apk-fast"])
+	auth := "Authorization: " + sidecartest.Basic("apk-fast", f.Secrets["apk-fast"])
 
 	idle, idleBr := dialRaw(t, ln.Addr().String())
 	if _, err := io.WriteString(idle, rawRequest("GET /r/quick HTTP/1.1", "Host: app", auth)); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // framingCase is one raw request (with whatever is pipelined behind it) and
@@ -40,7 +41,7 @@ func framingFixture() *bundletest.Fixture {
 // framingCases are the RFC 9112 framing corpus, built for the fixture's
 // credentials. They also seed FuzzRawRequest.
 func framingCases(f *bundletest.Fixture) []framingCase {
-	auth := "Authorization: " + basic("apk-lake", f.Secrets["apk-lake"])
+	auth := "Authorization: " + sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
 	post := func(path string, extra ...string) string {
 		return rawRequest("POST "+path+" HTTP/1.1", append([]string{"Host: app", auth}, extra...)...)
 	}
@@ -253,7 +254,7 @@ func TestClientGoneMidBodyIsNotAnUpstreamError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw := rawRequest("POST /reports/cut HTTP/1.1", "Host: app", "Authorization: "+basic("apk-lake", fix.Secrets["apk-lake"]), "Content-Length: 100") + "hello"
+	raw := rawRequest("POST /reports/cut HTTP/1.1", "Host: app", "Authorization: "+sidecartest.Basic("apk-lake", fix.Secrets["apk-lake"]), "Content-Length: 100") + "hello"
 	if _, err := c.Write([]byte(raw)); err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +289,7 @@ func TestUpstreamDownIsStill502(t *testing.T) {
 	url := up.srv.URL
 	up.srv.Close()
 	front := newRawFront(t, fix, url, testTimeouts)
-	res := front.first(rawRequest("POST /reports/down HTTP/1.1", "Host: app", "Authorization: "+basic("apk-lake", fix.Secrets["apk-lake"]), "Content-Length: 5") + "hello")
+	res := front.first(rawRequest("POST /reports/down HTTP/1.1", "Host: app", "Authorization: "+sidecartest.Basic("apk-lake", fix.Secrets["apk-lake"]), "Content-Length: 5") + "hello")
 	if res.status != http.StatusBadGateway || !strings.Contains(res.body, "upstream unavailable") {
 		t.Fatalf("got %d %s", res.status, res.body)
 	}

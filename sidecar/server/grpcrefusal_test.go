@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // TestGRPCRefusalShapes: every refusal of the chain, asked once as plain
@@ -17,7 +18,7 @@ import (
 func TestGRPCRefusalShapes(t *testing.T) {
 	grpcCT := []string{"Content-Type", "application/grpc+proto", "Te", "trailers"}
 	newFix := func() *bundletest.Fixture {
-		f := chargesFixture()
+		f := sidecartest.ChargesFixture()
 		f.AddKey("apk-slow", []string{"charges:All"}, bundletest.WithRateLimit(1, time.Hour, 1))
 		return f
 	}
@@ -36,24 +37,24 @@ func TestGRPCRefusalShapes(t *testing.T) {
 		{name: "failure limit", fix: newFix(), path: "/charges",
 			opts: []harnessOption{func(o *Options) { o.FailureLimit = 1 }},
 			prepare: func(h *harness, hd []string) {
-				h.do("POST", "/charges", "", append(hd, "Authorization", basic("apk-lake", "wrong"))...)
+				h.Do("POST", "/charges", "", append(hd, "Authorization", sidecartest.Basic("apk-lake", "wrong"))...)
 			},
-			auth:     func(f *bundletest.Fixture) string { return basic("apk-lake", f.Secrets["apk-lake"]) },
+			auth:     func(f *bundletest.Fixture) string { return sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]) },
 			httpCode: http.StatusTooManyRequests, grpcCode: grpcResourceExhausted},
 		{name: "rate limit", fix: newFix(), path: "/charges",
 			prepare: func(h *harness, hd []string) {
-				h.do("POST", "/charges", "", append(hd, "Authorization", basic("apk-slow", h.fix.Secrets["apk-slow"]))...)
+				h.Do("POST", "/charges", "", append(hd, "Authorization", sidecartest.Basic("apk-slow", h.fix.Secrets["apk-slow"]))...)
 			},
-			auth:     func(f *bundletest.Fixture) string { return basic("apk-slow", f.Secrets["apk-slow"]) },
+			auth:     func(f *bundletest.Fixture) string { return sidecartest.Basic("apk-slow", f.Secrets["apk-slow"]) },
 			httpCode: http.StatusTooManyRequests, grpcCode: grpcResourceExhausted},
 		{name: "upstream down", fix: newFix(), path: "/charges",
 			opts:     []harnessOption{func(o *Options) { o.Upstream = &url.URL{Scheme: "http", Host: failingUpstream(t)} }},
-			auth:     func(f *bundletest.Fixture) string { return basic("apk-other", f.Secrets["apk-other"]) },
+			auth:     func(f *bundletest.Fixture) string { return sidecartest.Basic("apk-other", f.Secrets["apk-other"]) },
 			httpCode: http.StatusBadGateway, grpcCode: grpcUnavailable},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ask := func(headers []string) response {
+			ask := func(headers []string) sidecartest.Response {
 				fix := tc.fix
 				if fix != nil {
 					fix = newFix() // a fresh fixture and server for each protocol
@@ -66,13 +67,13 @@ func TestGRPCRefusalShapes(t *testing.T) {
 				if tc.auth != nil {
 					headers = append(headers, "Authorization", tc.auth(h.fix))
 				}
-				return h.do("POST", tc.path, "", headers...)
+				return h.Do("POST", tc.path, "", headers...)
 			}
 			plain := ask(nil)
 			if plain.Status != tc.httpCode {
 				t.Fatalf("HTTP: %d %s, want %d", plain.Status, plain.Body, tc.httpCode)
 			}
-			msg, _ := plain.json(t)["message"].(string)
+			msg, _ := plain.JSON(t)["message"].(string)
 			g := ask(grpcCT)
 			if g.Status != http.StatusOK || g.Header.Get("Content-Type") != "application/grpc" || len(g.Body) != 0 {
 				t.Fatalf("gRPC: %d %v %q, want a Trailers-Only 200", g.Status, g.Header, g.Body)

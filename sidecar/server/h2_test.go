@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // h2Front serves the harness's chain over TLS with HTTP/2 (ALPN h2): the
@@ -15,7 +17,7 @@ func h2Front(t *testing.T, h *harness) {
 	front.EnableHTTP2 = true
 	front.StartTLS()
 	t.Cleanup(front.Close)
-	h.base, h.client = front.URL, front.Client()
+	h.Base, h.HTTP = front.URL, front.Client()
 	resp, err := front.Client().Get(front.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +41,7 @@ func h2cFront(t *testing.T, h *harness) {
 	tr := front.Client().Transport.(*http.Transport)
 	tr.Protocols = &http.Protocols{}
 	tr.Protocols.SetUnencryptedHTTP2(true)
-	h.base, h.client = front.URL, front.Client()
+	h.Base, h.HTTP = front.URL, front.Client()
 	resp, err := front.Client().Get(front.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
@@ -60,17 +62,17 @@ func TestAttacksOverH2(t *testing.T) {
 }
 
 func attacksOverH2(t *testing.T, front func(*testing.T, *harness)) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
 	front(t, h)
-	auth := basic("apk-lake", f.Secrets["apk-lake"])
+	auth := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
 
-	r := h.do("GET", "/charges", "", "Authorization", auth,
+	r := h.Do("GET", "/charges", "", "Authorization", auth,
 		"X-Keygate-Key-Id", "apk-other", "X_Keygate_Key_Id", "apk-other", "x_keygate-permissions", "charges:All", "X-Keygate_Client", "acme")
 	if r.Header.Get("Content-Type") == "" || r.Status != 200 {
 		t.Fatalf("allowed request over h2: %d %s", r.Status, r.Body)
 	}
-	s := r.seen(t)
+	s := r.Seen(t)
 	for k, v := range s.Headers {
 		n := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
 		if strings.HasPrefix(n, "x-keygate-") && k != HeaderKeyID && k != HeaderPermissions {
@@ -82,10 +84,10 @@ func attacksOverH2(t *testing.T, front func(*testing.T, *harness)) {
 	}
 
 	for _, p := range []string{"/reports/../charges", "//charges", "/charges/%2F..", "/./charges"} {
-		if r := h.do("GET", p, "", "Authorization", auth); r.Status != 400 {
+		if r := h.Do("GET", p, "", "Authorization", auth); r.Status != 400 {
 			t.Errorf("unclean path %q over h2: %d %s", p, r.Status, r.Body)
 		}
 	}
-	expect401(t, h.do("GET", "/charges", ""), challenge)
-	expect401(t, h.do("GET", "/charges", "", "Authorization", basic("apk-lake", "wrong")), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", ""), sidecartest.Challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", "wrong")), sidecartest.Challenge)
 }

@@ -3,16 +3,18 @@ package server
 import (
 	"net/http"
 	"testing"
+
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // TestMethodOverrideIsAuthorised: frameworks such as Rails (Rack::MethodOverride),
 // Laravel and Symfony route a POST by X-HTTP-Method-Override or _method, so
 // the rules must hold for the overriding method too.
 func TestMethodOverrideIsAuthorised(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	lake := basic("apk-lake", f.Secrets["apk-lake"])    // charges:List only
-	other := basic("apk-other", f.Secrets["apk-other"]) // charges:All
+	lake := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])    // charges:List only
+	other := sidecartest.Basic("apk-other", f.Secrets["apk-other"]) // charges:All
 	for _, tc := range []struct {
 		name, method, path string
 		hdr                []string
@@ -27,14 +29,14 @@ func TestMethodOverrideIsAuthorised(t *testing.T) {
 		{"override to an allowed method", "GET", "/charges", []string{"X-HTTP-Method-Override", "GET"}, http.StatusOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := h.do(tc.method, tc.path, "", append([]string{"Authorization", lake}, tc.hdr...)...)
+			r := h.Do(tc.method, tc.path, "", append([]string{"Authorization", lake}, tc.hdr...)...)
 			if r.Status != tc.want {
 				t.Fatalf("got %d %s, want %d", r.Status, r.Body, tc.want)
 			}
 		})
 	}
 	// A key holding both permissions still gets through.
-	r := h.do("GET", "/charges", "", "Authorization", other, "X-HTTP-Method-Override", "POST")
+	r := h.Do("GET", "/charges", "", "Authorization", other, "X-HTTP-Method-Override", "POST")
 	if r.Status != http.StatusOK {
 		t.Fatalf("key with charges:All: %d %s", r.Status, r.Body)
 	}

@@ -3,6 +3,8 @@ package server
 import (
 	"net/http"
 	"testing"
+
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // TestRuleMethodsHEADAndCase: upstreams answer HEAD with their GET handler
@@ -10,12 +12,12 @@ import (
 // so "HEAD" and "get" must need what a rule asks of GET, not fall through to
 // defaultAction.
 func TestRuleMethodsHEADAndCase(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.AddKey("apk-reports", []string{"reports:All"})
 	f.Bundle.Policy.DefaultAction = "Authenticated"
 	h := newHarness(t, f)
-	reports := basic("apk-reports", f.Secrets["apk-reports"])
-	lake := basic("apk-lake", f.Secrets["apk-lake"])
+	reports := sidecartest.Basic("apk-reports", f.Secrets["apk-reports"])
+	lake := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
 	for _, tc := range []struct {
 		name, method, auth string
 		want               int
@@ -26,7 +28,7 @@ func TestRuleMethodsHEADAndCase(t *testing.T) {
 		{"lower-case get with the permission", "get", lake, http.StatusOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if r := h.do(tc.method, "/charges", "", "Authorization", tc.auth); r.Status != tc.want {
+			if r := h.Do(tc.method, "/charges", "", "Authorization", tc.auth); r.Status != tc.want {
 				t.Fatalf("got %d %s, want %d", r.Status, r.Body, tc.want)
 			}
 		})

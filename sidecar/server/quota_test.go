@@ -8,6 +8,7 @@ import (
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // fakeClock is a settable clock for Options.Now.
@@ -44,7 +45,7 @@ func newClock() *fakeClock {
 	return &fakeClock{now: time.Now().Truncate(time.Second)}
 }
 
-func expect429(t *testing.T, r response, q, w, retry string) {
+func expect429(t *testing.T, r sidecartest.Response, q, w, retry string) {
 	t.Helper()
 	if r.Status != http.StatusTooManyRequests {
 		t.Fatalf("want 429, got %d %s", r.Status, r.Body)
@@ -65,33 +66,33 @@ func TestRateLimitIsExactAtTheBoundary(t *testing.T) {
 	f := limitedFixture()
 	clock := newClock()
 	h := newHarness(t, f, func(o *Options) { o.Now = clock.Now })
-	slow := basic("apk-slow", f.Secrets["apk-slow"])
+	slow := sidecartest.Basic("apk-slow", f.Secrets["apk-slow"])
 	for i := 0; i < 2; i++ {
-		if r := h.do("GET", "/charges", "", "Authorization", slow); r.Status != http.StatusOK {
+		if r := h.Do("GET", "/charges", "", "Authorization", slow); r.Status != http.StatusOK {
 			t.Fatalf("request %d within the burst: %d %s", i+1, r.Status, r.Body)
 		}
 	}
-	r := h.do("GET", "/charges", "", "Authorization", slow)
+	r := h.Do("GET", "/charges", "", "Authorization", slow)
 	expect429(t, r, "2", "1", "1")
-	if b := r.json(t); b["error"] != "too_many_requests" || b["message"] != "rate limit exceeded" {
+	if b := r.JSON(t); b["error"] != "too_many_requests" || b["message"] != "rate limit exceeded" {
 		t.Fatalf("429 body: %s", r.Body)
 	}
 	clock.Add(499 * time.Millisecond)
-	expect429(t, h.do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
+	expect429(t, h.Do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
 	clock.Add(time.Millisecond)
-	if r := h.do("GET", "/charges", "", "Authorization", slow); r.Status != http.StatusOK {
+	if r := h.Do("GET", "/charges", "", "Authorization", slow); r.Status != http.StatusOK {
 		t.Fatalf("at the refill: %d %s", r.Status, r.Body)
 	}
-	expect429(t, h.do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
+	expect429(t, h.Do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
 
 	// The policy's default (100/s) applies to a key without its own limit.
-	def := basic("apk-default", f.Secrets["apk-default"])
+	def := sidecartest.Basic("apk-default", f.Secrets["apk-default"])
 	for i := 0; i < 100; i++ {
-		if r := h.do("GET", "/charges", "", "Authorization", def); r.Status != http.StatusOK {
+		if r := h.Do("GET", "/charges", "", "Authorization", def); r.Status != http.StatusOK {
 			t.Fatalf("request %d of the policy's burst: %d %s", i+1, r.Status, r.Body)
 		}
 	}
-	expect429(t, h.do("GET", "/charges", "", "Authorization", def), "100", "1", "1")
+	expect429(t, h.Do("GET", "/charges", "", "Authorization", def), "100", "1", "1")
 	if got := counterValue(t, h.srv.opts.Metrics.limited.WithLabelValues("test-api")); got != 4 {
 		t.Fatalf("keygate_sidecar_ratelimited_total = %v, want 4", got)
 	}
@@ -101,18 +102,18 @@ func TestRateLimitBucketsOfClientsAndTokens(t *testing.T) {
 	f := limitedFixture()
 	clock := newClock()
 	h := newHarness(t, f, func(o *Options) { o.Now = clock.Now })
-	slow := basic("apk-slow", f.Secrets["apk-slow"])
+	slow := sidecartest.Basic("apk-slow", f.Secrets["apk-slow"])
 
 	// Token requests count in their own bucket: two tokens, then 429 in the
 	// token endpoint's shape, while the request bucket is untouched.
-	tok := h.token("apk-slow")
-	h.token("apk-slow")
-	r := h.do("POST", "/api/token", `{"apiKey":"apk-slow","secret":"`+f.Secrets["apk-slow"]+`"}`, "Content-Type", "application/json")
+	tok := h.Token("apk-slow")
+	h.Token("apk-slow")
+	r := h.Do("POST", "/api/token", `{"apiKey":"apk-slow","secret":"`+f.Secrets["apk-slow"]+`"}`, "Content-Type", "application/json")
 	expect429(t, r, "2", "1", "1")
-	if b := r.json(t); b["error"] != "slow_down" {
+	if b := r.JSON(t); b["error"] != "slow_down" {
 		t.Fatalf("token endpoint 429 body: %s", r.Body)
 	}
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != http.StatusOK {
 		t.Fatalf("requests spent by token minting: %d %s", r.Status, r.Body)
 	}
 
@@ -121,26 +122,26 @@ func TestRateLimitBucketsOfClientsAndTokens(t *testing.T) {
 	acmeTok := clientToken(t, h, tok, "acme")
 	clock.Add(time.Second)
 	betaTok := clientToken(t, h, tok, "beta")
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+acmeTok); r.Status != http.StatusOK {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+acmeTok); r.Status != http.StatusOK {
 		t.Fatalf("acme's first request: %d %s", r.Status, r.Body)
 	}
-	expect429(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+acmeTok), "1", "60", "60")
+	expect429(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+acmeTok), "1", "60", "60")
 	// The key's own bucket (2, burst 2, refilled by now) is apart from acme's.
 	for i := 0; i < 2; i++ {
-		if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+betaTok); r.Status != http.StatusOK {
+		if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+betaTok); r.Status != http.StatusOK {
 			t.Fatalf("beta request %d: %d %s", i+1, r.Status, r.Body)
 		}
 	}
-	expect429(t, h.do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
+	expect429(t, h.Do("GET", "/charges", "", "Authorization", slow), "2", "1", "1")
 }
 
 func clientToken(t *testing.T, h *harness, platform, client string) string {
 	t.Helper()
-	r := h.do("POST", "/api/token", `{"clientKey":"`+client+`"}`, "Content-Type", "application/json", "Authorization", "Bearer "+platform)
+	r := h.Do("POST", "/api/token", `{"clientKey":"`+client+`"}`, "Content-Type", "application/json", "Authorization", "Bearer "+platform)
 	if r.Status != http.StatusCreated {
 		t.Fatalf("client token for %s: %d %s", client, r.Status, r.Body)
 	}
-	return r.json(t)["access_token"].(string)
+	return r.JSON(t)["access_token"].(string)
 }
 
 func TestRateLimitUnderAudit(t *testing.T) {
@@ -148,9 +149,9 @@ func TestRateLimitUnderAudit(t *testing.T) {
 	f.Bundle.Policy.Enforcement = bundle.EnforcementAudit
 	clock := newClock()
 	h := newHarness(t, f, func(o *Options) { o.Now = clock.Now })
-	slow := basic("apk-slow", f.Secrets["apk-slow"])
+	slow := sidecartest.Basic("apk-slow", f.Secrets["apk-slow"])
 	for i, want := range []string{"allow", "allow", "deny; reason=ratelimited"} {
-		seen := h.do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", slow)...).seen(t)
+		seen := h.Do("GET", "/charges", "", append(append([]string{}, spoofed...), "Authorization", slow)...).Seen(t)
 		if got := seen.Headers[HeaderDecision]; len(got) != 1 || got[0] != want {
 			t.Fatalf("request %d: %s = %q, want %q", i+1, HeaderDecision, got, want)
 		}
@@ -173,7 +174,7 @@ func TestRateLimitKeyLabelsAreCapped(t *testing.T) {
 	h.srv.opts.Metrics.EnableKeyLabels(2)
 	for _, id := range ids {
 		for i := 0; i < 2; i++ {
-			h.do("GET", "/x", "", "Authorization", basic(id, f.Secrets[id]))
+			h.Do("GET", "/x", "", "Authorization", sidecartest.Basic(id, f.Secrets[id]))
 		}
 	}
 	by := h.srv.opts.Metrics.byKey

@@ -11,31 +11,14 @@ import (
 	"time"
 
 	"github.com/keygate-dev/keygate/api/bundle"
-	"github.com/keygate-dev/keygate/sidecar/bundletest"
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
-
-const challenge = `Basic realm="keygate", Bearer realm="keygate"`
-
-func chargesFixture() *bundletest.Fixture {
-	f := bundletest.New(bundle.AlgEdDSA)
-	f.Bundle.Policy.Rules = []bundle.Rule{
-		{Methods: []string{"GET"}, Paths: []string{"/charges", "/charges/*"}, Permission: "charges:List"},
-		{Methods: []string{"POST"}, Paths: []string{"/charges"}, Permission: "charges:Create"},
-		{Paths: []string{"/reports/*"}, Permission: "reports:Read"},
-	}
-	f.AddKey("apk-lake", []string{"charges:List", "reports:All"}, bundletest.WithClient("acme", "charges:List", "charges:Create"))
-	f.AddKey("apk-other", []string{"charges:All"})
-	f.AddKey("apk-local", []string{"charges:List"}, bundletest.WithCIDRs("127.0.0.0/8"))
-	f.AddKey("apk-far", []string{"charges:All"}, bundletest.WithCIDRs("10.0.0.0/8"))
-	f.AddKey("apk-old", []string{"charges:All"}, bundletest.WithExpiry(time.Now().Add(-time.Minute)))
-	return f
-}
 
 func TestNoBundleIs503(t *testing.T) {
 	h := newHarness(t, nil)
 	for _, p := range []string{"/charges", "/api/token", "/healthz"} {
-		r := h.do("GET", p, "", "Authorization", basic("apk-lake", "x"))
+		r := h.Do("GET", p, "", "Authorization", sidecartest.Basic("apk-lake", "x"))
 		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 			t.Fatalf("%s before the first bundle: %d %s", p, r.Status, r.Body)
 		}
@@ -43,7 +26,7 @@ func TestNoBundleIs503(t *testing.T) {
 }
 
 func TestBasicAuthentication(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	// A secret holding colons (RFC 7617: the password may).
 	f.Bundle.Keys = append(f.Bundle.Keys, bundle.Key{Name: "colon", KeyID: "apk-colon", Permissions: []string{"charges:List"},
 		Secrets: []bundle.SecretDigest{{Digest: bundle.Digest(f.Bundle.HashKey, "a:b:c"), Version: 1}}})
@@ -56,13 +39,13 @@ func TestBasicAuthentication(t *testing.T) {
 		header []string
 		ok     bool
 	}{
-		{"valid", []string{"Authorization", basic("apk-lake", lake)}, true},
+		{"valid", []string{"Authorization", sidecartest.Basic("apk-lake", lake)}, true},
 		{"scheme word in lower case", []string{"Authorization", "basic " + basicB64("apk-lake:"+lake)}, true},
-		{"password with colons", []string{"Authorization", basic("apk-colon", "a:b:c")}, true},
-		{"unknown key", []string{"Authorization", basic("apk-nobody", lake)}, false},
-		{"wrong secret", []string{"Authorization", basic("apk-lake", lake+"x")}, false},
-		{"other key's secret", []string{"Authorization", basic("apk-other", lake)}, false},
-		{"expired key", []string{"Authorization", basic("apk-old", f.Secrets["apk-old"])}, false},
+		{"password with colons", []string{"Authorization", sidecartest.Basic("apk-colon", "a:b:c")}, true},
+		{"unknown key", []string{"Authorization", sidecartest.Basic("apk-nobody", lake)}, false},
+		{"wrong secret", []string{"Authorization", sidecartest.Basic("apk-lake", lake+"x")}, false},
+		{"other key's secret", []string{"Authorization", sidecartest.Basic("apk-other", lake)}, false},
+		{"expired key", []string{"Authorization", sidecartest.Basic("apk-old", f.Secrets["apk-old"])}, false},
 		{"bad base64", []string{"Authorization", raw("!!!notbase64")}, false},
 		{"no colon", []string{"Authorization", b64("apk-lake" + lake)}, false},
 		{"empty user", []string{"Authorization", b64(":" + lake)}, false},
@@ -71,20 +54,20 @@ func TestBasicAuthentication(t *testing.T) {
 		{"no credentials", nil, false},
 		{"unknown scheme", []string{"Authorization", "Digest " + lake}, false},
 		{"scheme only", []string{"Authorization", "Basic"}, false},
-		{"two Authorization headers", []string{"Authorization", basic("apk-lake", lake), "Authorization", basic("apk-lake", lake)}, false},
+		{"two Authorization headers", []string{"Authorization", sidecartest.Basic("apk-lake", lake), "Authorization", sidecartest.Basic("apk-lake", lake)}, false},
 		{"kube-probe without credentials", []string{"User-Agent", "kube-probe/1.33"}, false},
-		{"address outside the key's CIDRs", []string{"Authorization", basic("apk-far", f.Secrets["apk-far"])}, false},
+		{"address outside the key's CIDRs", []string{"Authorization", sidecartest.Basic("apk-far", f.Secrets["apk-far"])}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := h.do("GET", "/charges", "", tc.header...)
+			r := h.Do("GET", "/charges", "", tc.header...)
 			if !tc.ok {
-				expect401(t, r, challenge)
+				sidecartest.Expect401(t, r, sidecartest.Challenge)
 				return
 			}
 			if r.Status != http.StatusOK {
 				t.Fatalf("got %d %s", r.Status, r.Body)
 			}
-			seen := r.seen(t)
+			seen := r.Seen(t)
 			if _, has := seen.Headers["Authorization"]; has {
 				t.Fatal("Authorization reached the upstream")
 			}
@@ -98,10 +81,10 @@ func TestBasicAuthentication(t *testing.T) {
 func basicB64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestAuthorization(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	lake := basic("apk-lake", f.Secrets["apk-lake"])
-	other := basic("apk-other", f.Secrets["apk-other"])
+	lake := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
+	other := sidecartest.Basic("apk-other", f.Secrets["apk-other"])
 	for _, tc := range []struct {
 		name, method, path, auth string
 		status                   int
@@ -124,7 +107,7 @@ func TestAuthorization(t *testing.T) {
 			if tc.auth != "" {
 				hdr = []string{"Authorization", tc.auth}
 			}
-			r := h.do(tc.method, tc.path, "", hdr...)
+			r := h.Do(tc.method, tc.path, "", hdr...)
 			if r.Status != tc.status {
 				t.Fatalf("got %d %s, want %d", r.Status, r.Body, tc.status)
 			}
@@ -142,25 +125,25 @@ func TestAuthorization(t *testing.T) {
 	t.Run("defaultAction Authenticated", func(t *testing.T) {
 		f.Bundle.Policy.DefaultAction = "Authenticated"
 		h.reload()
-		if r := h.do("GET", "/admin", "", "Authorization", lake); r.Status != 200 {
+		if r := h.Do("GET", "/admin", "", "Authorization", lake); r.Status != 200 {
 			t.Fatalf("got %d", r.Status)
 		}
-		expect401(t, h.do("GET", "/admin", ""), challenge)
+		sidecartest.Expect401(t, h.Do("GET", "/admin", ""), sidecartest.Challenge)
 	})
 }
 
 func TestForwardedHeaders(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	tok := h.token("apk-lake")
-	ct := h.do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", "application/json", "Authorization", "Bearer "+tok)
+	tok := h.Token("apk-lake")
+	ct := h.Do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", "application/json", "Authorization", "Bearer "+tok)
 	if ct.Status != 201 {
 		t.Fatalf("client token: %d %s", ct.Status, ct.Body)
 	}
-	clientTok := ct.json(t)["access_token"].(string)
-	r := h.do("GET", "/charges", "", "Authorization", "Bearer "+clientTok,
+	clientTok := ct.JSON(t)["access_token"].(string)
+	r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+clientTok,
 		"X-Keygate-Key-Id", "apk-admin", "X-Keygate-Permissions", "admin:All", "x-keygate-client", "evil", "X-Keygate-Extra", "1")
-	seen := r.seen(t)
+	seen := r.Seen(t)
 	want := map[string]string{HeaderKeyID: "apk-lake", HeaderClient: "acme", HeaderPermissions: "charges:List"}
 	for k, v := range want {
 		if got := seen.Headers[k]; len(got) != 1 || got[0] != v {
@@ -176,25 +159,25 @@ func TestForwardedHeaders(t *testing.T) {
 }
 
 func TestClientAddress(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	far := basic("apk-far", f.Secrets["apk-far"])
+	far := sidecartest.Basic("apk-far", f.Secrets["apk-far"])
 	// Spoofed X-Forwarded-For from an untrusted peer is ignored.
-	expect401(t, h.do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", "10.1.2.3"), challenge)
-	r := h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"]), "X-Forwarded-For", "10.1.2.3")
-	if xff := r.seen(t).Headers["X-Forwarded-For"]; len(xff) != 1 || xff[0] != "127.0.0.1" {
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", "10.1.2.3"), sidecartest.Challenge)
+	r := h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]), "X-Forwarded-For", "10.1.2.3")
+	if xff := r.Seen(t).Headers["X-Forwarded-For"]; len(xff) != 1 || xff[0] != "127.0.0.1" {
 		t.Fatalf("untrusted X-Forwarded-For passed on: %v", xff)
 	}
 	// From a trusted proxy it is believed, walked right to left.
 	f.Bundle.Policy.TrustedProxies = []string{"127.0.0.0/8", "192.168.0.0/16"}
 	h.reload()
 	for _, xff := range []string{"10.1.2.3", "8.8.8.8, 10.1.2.3", "10.1.2.3, 192.168.1.1"} {
-		if r := h.do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", xff); r.Status != 200 {
+		if r := h.Do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", xff); r.Status != 200 {
 			t.Fatalf("XFF %q from a trusted proxy: %d", xff, r.Status)
 		}
 	}
 	for _, xff := range []string{"10.1.2.3, 8.8.8.8", "garbage"} {
-		if r := h.do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", xff); r.Status == 200 {
+		if r := h.Do("GET", "/charges", "", "Authorization", far, "X-Forwarded-For", xff); r.Status == 200 {
 			t.Fatalf("XFF %q allowed", xff)
 		}
 	}
@@ -202,36 +185,36 @@ func TestClientAddress(t *testing.T) {
 	f.Bundle.Policy.TrustedProxies = nil
 	f.Bundle.Policy.AllowedCIDRs = []string{"10.0.0.0/8"}
 	h.reload()
-	expect401(t, h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"])), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])), sidecartest.Challenge)
 }
 
 func TestSecretRotationGrace(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
 	old := f.Secrets["apk-lake"]
 	newer := f.RotateSecret("apk-lake", time.Now().Add(time.Hour))
 	h.reload()
 	for _, s := range []string{old, newer} {
-		if r := h.do("GET", "/charges", "", "Authorization", basic("apk-lake", s)); r.Status != 200 {
+		if r := h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", s)); r.Status != 200 {
 			t.Fatalf("secret in grace refused: %d", r.Status)
 		}
 	}
 	f.RotateSecret("apk-lake", time.Now().Add(-time.Second)) // newer is now past its grace
 	h.reload()
-	expect401(t, h.do("GET", "/charges", "", "Authorization", basic("apk-lake", newer)), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", newer)), sidecartest.Challenge)
 }
 
 func TestFailureLimit(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f, func(o *Options) { o.FailureLimit = 3 })
 	for i := 0; i < 3; i++ {
-		expect401(t, h.do("GET", "/charges", "", "Authorization", basic("apk-lake", "wrong")), challenge)
+		sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", "wrong")), sidecartest.Challenge)
 	}
-	r := h.do("GET", "/charges", "", "Authorization", basic("apk-lake", f.Secrets["apk-lake"]))
+	r := h.Do("GET", "/charges", "", "Authorization", sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]))
 	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("after the limit: %d %v", r.Status, r.Header)
 	}
-	r = h.do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"x"}`, "Content-Type", "application/json")
+	r = h.Do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"x"}`, "Content-Type", "application/json")
 	if r.Status != http.StatusTooManyRequests {
 		t.Fatalf("token endpoint after the limit: %d", r.Status)
 	}
@@ -242,14 +225,14 @@ type failingStore struct{}
 func (failingStore) Revoke(context.Context, string, time.Time) error { return errors.New("API down") }
 
 func TestRevocationNotPersistedIs503(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f, func(o *Options) { o.Revocations = failingStore{} })
-	tok := h.token("apk-lake")
-	r := h.do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", "application/json", "Authorization", "Bearer "+tok)
+	tok := h.Token("apk-lake")
+	r := h.Do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", "application/json", "Authorization", "Bearer "+tok)
 	if r.Status != http.StatusServiceUnavailable {
 		t.Fatalf("got %d %s", r.Status, r.Body)
 	}
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != 200 {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != 200 {
 		t.Fatalf("token reported unrevoked is refused: %d", r.Status)
 	}
 }
@@ -267,7 +250,7 @@ func TestReadyz(t *testing.T) {
 	if get("/readyz") != 503 || get("/healthz") != 200 {
 		t.Fatal("ready before a bundle")
 	}
-	if _, err := store.Update(chargesFixture().JSON()); err != nil {
+	if _, err := store.Update(sidecartest.ChargesFixture().JSON()); err != nil {
 		t.Fatal(err)
 	}
 	if get("/readyz") != 200 || get("/metrics") != 200 {

@@ -11,11 +11,12 @@ import (
 	"testing"
 
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 )
 
 // TestWebSocketPassthrough upgrades through the sidecar and echoes bytes.
 func TestWebSocketPassthrough(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" || r.Header.Get(HeaderKeyID) != "apk-lake" {
 			http.Error(w, "no upgrade", 400)
@@ -44,7 +45,7 @@ func TestWebSocketPassthrough(t *testing.T) {
 	}
 	defer func() { _ = conn.Close() }()
 	req := "GET /charges HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nAuthorization: " +
-		basic("apk-lake", f.Secrets["apk-lake"]) + "\r\n\r\n"
+		sidecartest.Basic("apk-lake", f.Secrets["apk-lake"]) + "\r\n\r\n"
 	if _, err := conn.Write([]byte(req)); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
 	"github.com/keygate-dev/keygate/sidecar/server"
+	"github.com/keygate-dev/keygate/sidecar/sidecartest"
 	"github.com/keygate-dev/keygate/sidecar/token"
 	"github.com/keygate-dev/keygate/sidecar/tokenendpoint"
 )
@@ -23,82 +24,82 @@ const jsonCT = "application/json"
 const formCT = "application/x-www-form-urlencoded"
 
 func TestTokenEndpointSendforsignFlow(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	r := h.do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"`+f.Secrets["apk-lake"]+`"}`, "Content-Type", jsonCT)
+	r := h.Do("POST", "/api/token", `{"apiKey":"apk-lake","secret":"`+f.Secrets["apk-lake"]+`"}`, "Content-Type", jsonCT)
 	if r.Status != 201 || r.Header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("got %d %v %s", r.Status, r.Header, r.Body)
 	}
-	body := r.json(t)
+	body := r.JSON(t)
 	tok := body["access_token"].(string)
 	if body["token_type"] != "Bearer" || body["expires_in"].(float64) != 3600 || body["auth_header"] != "Bearer "+tok {
 		t.Fatalf("body %v", body)
 	}
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != 200 {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok); r.Status != 200 {
 		t.Fatalf("platform token refused: %d", r.Status)
 	}
 	// Client token: permissions of the client within the key's.
-	r = h.do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok)
+	r = h.Do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok)
 	if r.Status != 201 {
 		t.Fatalf("client token: %d %s", r.Status, r.Body)
 	}
-	clientTok := r.json(t)["access_token"].(string)
-	if r.json(t)["expires_in"].(float64) != 900 {
+	clientTok := r.JSON(t)["access_token"].(string)
+	if r.JSON(t)["expires_in"].(float64) != 900 {
 		t.Fatal("client token TTL")
 	}
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+clientTok); r.Status != 200 {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+clientTok); r.Status != 200 {
 		t.Fatalf("client token refused: %d", r.Status)
 	}
 	// acme asks for charges:Create but the key lacks it: the token lacks it too.
-	if r := h.do("POST", "/charges", "", "Authorization", "Bearer "+clientTok); r.Status != 403 {
+	if r := h.Do("POST", "/charges", "", "Authorization", "Bearer "+clientTok); r.Status != 403 {
 		t.Fatalf("client token beyond the key's permissions: %d", r.Status)
 	}
 	// The client token cannot reach reports, which the key holds but the client does not.
-	if r := h.do("GET", "/reports/x", "", "Authorization", "Bearer "+clientTok); r.Status != 403 {
+	if r := h.Do("GET", "/reports/x", "", "Authorization", "Bearer "+clientTok); r.Status != 403 {
 		t.Fatalf("client token beyond its client's permissions: %d", r.Status)
 	}
 	// Unknown client, and a client token asking for client tokens.
-	if r := h.do("POST", "/api/token", `{"clientKey":"nobody"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok); r.Status != 400 {
+	if r := h.Do("POST", "/api/token", `{"clientKey":"nobody"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok); r.Status != 400 {
 		t.Fatalf("unknown client: %d", r.Status)
 	}
-	if r := h.do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+clientTok); r.Status != 403 {
+	if r := h.Do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+clientTok); r.Status != 403 {
 		t.Fatalf("client token minting client tokens: %d", r.Status)
 	}
 	// Another platform may not revoke this client token.
-	otherTok := h.token("apk-other")
-	r = h.do("POST", "/api/token", `{"action":"revoke","access_token":"`+clientTok+`"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+otherTok)
+	otherTok := h.Token("apk-other")
+	r = h.Do("POST", "/api/token", `{"action":"revoke","access_token":"`+clientTok+`"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+otherTok)
 	if r.Status != 403 {
 		t.Fatalf("foreign revoke: %d %s", r.Status, r.Body)
 	}
 	// The owner may.
-	r = h.do("POST", "/api/token", `{"action":"revoke","access_token":"`+clientTok+`"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok)
+	r = h.Do("POST", "/api/token", `{"action":"revoke","access_token":"`+clientTok+`"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok)
 	if r.Status != 201 {
 		t.Fatalf("owner revoke: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+clientTok), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+clientTok), sidecartest.Challenge)
 	// Self-revoke.
-	if r := h.do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok); r.Status != 201 {
+	if r := h.Do("POST", "/api/token", `{"action":"revoke"}`, "Content-Type", jsonCT, "Authorization", "Bearer "+tok); r.Status != 201 {
 		t.Fatalf("self revoke: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+tok), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok), sidecartest.Challenge)
 	// Testing mode: API key header plus client key.
 	f.Bundle.Policy.APIKeyHeader = "X-Sendforsign-Key"
 	h.reload()
 	hdr := "apk-lake:" + f.Secrets["apk-lake"]
-	r = h.do("GET", "/charges", "", "X-Sendforsign-Key", hdr, "X-Keygate-Client-Key", "acme")
-	seen := r.seen(t)
+	r = h.Do("GET", "/charges", "", "X-Sendforsign-Key", hdr, "X-Keygate-Client-Key", "acme")
+	seen := r.Seen(t)
 	if seen.Headers[server.HeaderClient][0] != "acme" || seen.Headers["X-Sendforsign-Key"] != nil {
 		t.Fatalf("api key header mode: %v", seen.Headers)
 	}
-	if r := h.do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "X-Sendforsign-Key", hdr); r.Status != 201 {
+	if r := h.Do("POST", "/api/token", `{"clientKey":"acme"}`, "Content-Type", jsonCT, "X-Sendforsign-Key", hdr); r.Status != 201 {
 		t.Fatalf("client token with the API-key header: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/charges", "", "X-Sendforsign-Key", "apk-lake:wrong"), challenge)
-	expect401(t, h.do("GET", "/charges", "", "X-Sendforsign-Key", hdr, "X-Keygate-Client-Key", "nobody"), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "X-Sendforsign-Key", "apk-lake:wrong"), sidecartest.Challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "X-Sendforsign-Key", hdr, "X-Keygate-Client-Key", "nobody"), sidecartest.Challenge)
 }
 
 func TestTokenEndpointErrors(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
 	lake := f.Secrets["apk-lake"]
 	invalidClient := `{"error":"invalid_client","error_description":"client authentication failed"}` + "\n"
@@ -127,8 +128,8 @@ func TestTokenEndpointErrors(t *testing.T) {
 		{"revoke without credentials", jsonCT, `{"action":"revoke"}`, 401, "invalid_client"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := h.do("POST", "/api/token", tc.body, "Content-Type", tc.ct)
-			if r.Status != tc.status || r.json(t)["error"] != tc.code {
+			r := h.Do("POST", "/api/token", tc.body, "Content-Type", tc.ct)
+			if r.Status != tc.status || r.JSON(t)["error"] != tc.code {
 				t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, tc.status, tc.code)
 			}
 			if r.Header.Get("Cache-Control") != "no-store" {
@@ -142,20 +143,20 @@ func TestTokenEndpointErrors(t *testing.T) {
 		})
 	}
 	t.Run("body too large", func(t *testing.T) {
-		r := h.do("POST", "/api/token", `{"apiKey":"`+strings.Repeat("a", tokenendpoint.MaxBodySize)+`"}`, "Content-Type", jsonCT)
+		r := h.Do("POST", "/api/token", `{"apiKey":"`+strings.Repeat("a", tokenendpoint.MaxBodySize)+`"}`, "Content-Type", jsonCT)
 		if r.Status != http.StatusRequestEntityTooLarge {
 			t.Fatalf("got %d", r.Status)
 		}
 	})
 	t.Run("GET", func(t *testing.T) {
-		if r := h.do("GET", "/api/token", ""); r.Status != http.StatusMethodNotAllowed {
+		if r := h.Do("GET", "/api/token", ""); r.Status != http.StatusMethodNotAllowed {
 			t.Fatalf("got %d", r.Status)
 		}
 	})
 }
 
 func TestOAuthGrants(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	f.Bundle.Policy.Grants = append(f.Bundle.Policy.Grants, "password")
 	h := newHarness(t, f)
 	lake := f.Secrets["apk-lake"]
@@ -164,96 +165,96 @@ func TestOAuthGrants(t *testing.T) {
 		{"password JSON", jsonCT, `{"grant_type":"password","username":"apk-lake","password":"` + lake + `"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := h.do("POST", "/token", tc.body, "Content-Type", tc.ct)
+			r := h.Do("POST", "/token", tc.body, "Content-Type", tc.ct)
 			if r.Status != 200 {
 				t.Fatalf("got %d %s", r.Status, r.Body)
 			}
-			b := r.json(t)
+			b := r.JSON(t)
 			if b["token_type"] != "bearer" || b["username"] != "apk-lake" || b["expires_in"].(float64) != 3600 {
 				t.Fatalf("body %v", b)
 			}
 		})
 	}
-	r := h.do("POST", "/token", "grant_type=password&username=apk-lake&password=wrong", "Content-Type", formCT)
-	if r.Status != 400 || r.json(t)["error"] != "invalid_grant" {
+	r := h.Do("POST", "/token", "grant_type=password&username=apk-lake&password=wrong", "Content-Type", formCT)
+	if r.Status != 400 || r.JSON(t)["error"] != "invalid_grant" {
 		t.Fatalf("bad password: %d %s", r.Status, r.Body)
 	}
 	// client_credentials with Basic client authentication, narrowed.
-	r = h.do("POST", "/oauth/token", "grant_type=client_credentials&scope=charges:List&allowedCIDRs=127.0.0.1/32", "Content-Type", formCT,
-		"Authorization", basic("apk-lake", lake))
-	if r.Status != 200 || r.json(t)["scope"] != "charges:List" {
+	r = h.Do("POST", "/oauth/token", "grant_type=client_credentials&scope=charges:List&allowedCIDRs=127.0.0.1/32", "Content-Type", formCT,
+		"Authorization", sidecartest.Basic("apk-lake", lake))
+	if r.Status != 200 || r.JSON(t)["scope"] != "charges:List" {
 		t.Fatalf("client_credentials: %d %s", r.Status, r.Body)
 	}
-	narrowTok := r.json(t)["access_token"].(string)
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+narrowTok); r.Status != 200 {
+	narrowTok := r.JSON(t)["access_token"].(string)
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+narrowTok); r.Status != 200 {
 		t.Fatalf("narrowed token: %d", r.Status)
 	}
-	if r := h.do("GET", "/reports/x", "", "Authorization", "Bearer "+narrowTok); r.Status != 403 {
+	if r := h.Do("GET", "/reports/x", "", "Authorization", "Bearer "+narrowTok); r.Status != 403 {
 		t.Fatalf("narrowed token beyond its scope: %d", r.Status)
 	}
 	// In the body, narrowed to an address block this client is not in.
-	r = h.do("POST", "/oauth/token", `{"grant_type":"client_credentials","client_id":"apk-lake","client_secret":"`+lake+`","allowedCIDRs":["10.9.0.0/16"]}`, "Content-Type", jsonCT)
+	r = h.Do("POST", "/oauth/token", `{"grant_type":"client_credentials","client_id":"apk-lake","client_secret":"`+lake+`","allowedCIDRs":["10.9.0.0/16"]}`, "Content-Type", jsonCT)
 	if r.Status != 200 {
 		t.Fatalf("client_credentials body: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+r.json(t)["access_token"].(string)), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+r.JSON(t)["access_token"].(string)), sidecartest.Challenge)
 	// Both methods at once is refused.
-	r = h.do("POST", "/oauth/token", "grant_type=client_credentials&client_id=apk-lake&client_secret="+lake, "Content-Type", formCT, "Authorization", basic("apk-lake", lake))
+	r = h.Do("POST", "/oauth/token", "grant_type=client_credentials&client_id=apk-lake&client_secret="+lake, "Content-Type", formCT, "Authorization", sidecartest.Basic("apk-lake", lake))
 	if r.Status != 400 {
 		t.Fatalf("two client auth methods: %d", r.Status)
 	}
 }
 
 func TestRevokeIntrospectJWKS(t *testing.T) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	h := newHarness(t, f)
-	lake := basic("apk-lake", f.Secrets["apk-lake"])
-	tok := h.token("apk-lake")
+	lake := sidecartest.Basic("apk-lake", f.Secrets["apk-lake"])
+	tok := h.Token("apk-lake")
 	// Introspection needs credentials.
-	if r := h.do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT); r.Status != 401 {
+	if r := h.Do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT); r.Status != 401 {
 		t.Fatalf("anonymous introspection: %d", r.Status)
 	}
-	r := h.do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT, "Authorization", basic("apk-other", f.Secrets["apk-other"]))
-	if b := r.json(t); r.Status != 200 || b["active"] != true || b["sub"] != "apk-lake" || b["scope"] != "charges:List reports:All" {
+	r := h.Do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT, "Authorization", sidecartest.Basic("apk-other", f.Secrets["apk-other"]))
+	if b := r.JSON(t); r.Status != 200 || b["active"] != true || b["sub"] != "apk-lake" || b["scope"] != "charges:List reports:All" {
 		t.Fatalf("introspect: %d %s", r.Status, r.Body)
 	}
-	r = h.do("POST", "/oauth/introspect", "token=garbage", "Content-Type", formCT, "Authorization", lake)
-	if r.json(t)["active"] != false {
+	r = h.Do("POST", "/oauth/introspect", "token=garbage", "Content-Type", formCT, "Authorization", lake)
+	if r.JSON(t)["active"] != false {
 		t.Fatalf("garbage active: %s", r.Body)
 	}
 	// RFC 7009: another key may not revoke it; unknown tokens are 200.
-	if r := h.do("POST", "/oauth/revoke", "token="+tok, "Content-Type", formCT, "Authorization", basic("apk-other", f.Secrets["apk-other"])); r.Status != 403 {
+	if r := h.Do("POST", "/oauth/revoke", "token="+tok, "Content-Type", formCT, "Authorization", sidecartest.Basic("apk-other", f.Secrets["apk-other"])); r.Status != 403 {
 		t.Fatalf("foreign RFC 7009 revoke: %d", r.Status)
 	}
-	if r := h.do("POST", "/oauth/revoke", "token=garbage", "Content-Type", formCT, "Authorization", lake); r.Status != 200 {
+	if r := h.Do("POST", "/oauth/revoke", "token=garbage", "Content-Type", formCT, "Authorization", lake); r.Status != 200 {
 		t.Fatalf("unknown token: %d", r.Status)
 	}
-	if r := h.do("POST", "/oauth/revoke", "token="+tok+"&client_id=apk-lake&client_secret="+f.Secrets["apk-lake"], "Content-Type", formCT); r.Status != 200 {
+	if r := h.Do("POST", "/oauth/revoke", "token="+tok+"&client_id=apk-lake&client_secret="+f.Secrets["apk-lake"], "Content-Type", formCT); r.Status != 200 {
 		t.Fatalf("revoke: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+tok), challenge)
-	r = h.do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT, "Authorization", lake)
-	if r.json(t)["active"] != false {
+	sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok), sidecartest.Challenge)
+	r = h.Do("POST", "/oauth/introspect", "token="+tok, "Content-Type", formCT, "Authorization", lake)
+	if r.JSON(t)["active"] != false {
 		t.Fatalf("revoked token active: %s", r.Body)
 	}
 	// JWKS: public keys only.
-	r = h.do("GET", "/.well-known/jwks.json", "")
+	r = h.Do("GET", "/.well-known/jwks.json", "")
 	var set jose.JSONWebKeySet
 	if err := json.Unmarshal(r.Body, &set); err != nil || len(set.Keys) != 1 || !set.Keys[0].IsPublic() || strings.Contains(string(r.Body), `"d"`) {
 		t.Fatalf("jwks: %s", r.Body)
 	}
 	// Auth test endpoint.
-	r = h.do("GET", "/api/auth/test", "", "Authorization", lake)
-	if r.Status != 200 || r.json(t)["keyId"] != "apk-lake" {
+	r = h.Do("GET", "/api/auth/test", "", "Authorization", lake)
+	if r.Status != 200 || r.JSON(t)["keyId"] != "apk-lake" {
 		t.Fatalf("auth test: %d %s", r.Status, r.Body)
 	}
-	expect401(t, h.do("GET", "/api/auth/test", ""), challenge)
+	sidecartest.Expect401(t, h.Do("GET", "/api/auth/test", ""), sidecartest.Challenge)
 }
 
 func TestHS256JWKSIsEmpty(t *testing.T) {
 	f := bundletest.New(bundle.AlgHS256)
 	h := newHarness(t, f)
-	r := h.do("GET", "/.well-known/jwks.json", "")
+	r := h.Do("GET", "/.well-known/jwks.json", "")
 	if strings.TrimSpace(string(r.Body)) != `{"keys":[]}` { // RFC 7517 §5.1: an array, never null
 		t.Fatalf("HS256 key published: %s", r.Body)
 	}
@@ -280,15 +281,15 @@ func TestBearerAttacks(t *testing.T) {
 }
 
 func bearerAttacks(t *testing.T, alg string) {
-	f := chargesFixture()
+	f := sidecartest.ChargesFixture()
 	sk, err := bundle.NewSigningKey(alg, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Bundle.SigningKeys = []bundle.SigningKey{sk}
 	h := newHarness(t, f)
-	good := h.token("apk-lake")
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+good); r.Status != 200 {
+	good := h.Token("apk-lake")
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+good); r.Status != 200 {
 		t.Fatalf("good token refused: %d", r.Status)
 	}
 	priv, _ := sk.PrivateKey()
@@ -304,7 +305,7 @@ func bearerAttacks(t *testing.T, alg string) {
 	}
 	ja := jose.SignatureAlgorithm(alg)
 	// Sanity: our hand-made token is accepted.
-	if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+signWith(t, ja, priv, sk.KeyID, claims(nil))); r.Status != 200 {
+	if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+signWith(t, ja, priv, sk.KeyID, claims(nil))); r.Status != 200 {
 		t.Fatalf("hand-made token refused: %d", r.Status)
 	}
 	b64 := base64.RawURLEncoding.EncodeToString
@@ -344,32 +345,32 @@ func bearerAttacks(t *testing.T, alg string) {
 	}
 	for name, tok := range attacks {
 		t.Run(name, func(t *testing.T) {
-			expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+tok), challenge)
+			sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok), sidecartest.Challenge)
 		})
 	}
 	t.Run("two Authorization headers", func(t *testing.T) {
-		expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+good, "Authorization", "Bearer "+good), challenge)
+		sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+good, "Authorization", "Bearer "+good), sidecartest.Challenge)
 	})
 	t.Run("scheme word is case-insensitive", func(t *testing.T) {
-		if r := h.do("GET", "/charges", "", "Authorization", "bEaReR "+good); r.Status != 200 {
+		if r := h.Do("GET", "/charges", "", "Authorization", "bEaReR "+good); r.Status != 200 {
 			t.Fatalf("got %d", r.Status)
 		}
 	})
 	t.Run("retired signing key", func(t *testing.T) {
 		f.RotateSigningKey(alg, time.Now().Add(time.Hour))
 		h.reload()
-		if r := h.do("GET", "/charges", "", "Authorization", "Bearer "+good); r.Status != 200 {
+		if r := h.Do("GET", "/charges", "", "Authorization", "Bearer "+good); r.Status != 200 {
 			t.Fatalf("token of the previous key before it retires: %d", r.Status)
 		}
 		f.Bundle.SigningKeys[1].RetiresAt = ptr(time.Now().Add(-time.Second))
 		h.reload()
-		expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+good), challenge)
+		sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+good), sidecartest.Challenge)
 	})
 	t.Run("key removed from the bundle", func(t *testing.T) {
-		tok := h.token("apk-other")
+		tok := h.Token("apk-other")
 		f.Bundle.Keys = f.Bundle.Keys[:1]
 		h.reload()
-		expect401(t, h.do("GET", "/charges", "", "Authorization", "Bearer "+tok), challenge)
+		sidecartest.Expect401(t, h.Do("GET", "/charges", "", "Authorization", "Bearer "+tok), sidecartest.Challenge)
 	})
 }
 
