@@ -3,6 +3,7 @@ package bundle
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"testing"
 )
@@ -58,6 +59,25 @@ func TestShardCountAndPlace(t *testing.T) {
 		if n < 1300 || n > 1850 {
 			t.Errorf("shard %d holds %d of 100,000 keys", s, n)
 		}
+	}
+}
+
+// ShardOf is the format's FNV-1a-32 (hash/fnv) modulo the count, computed
+// without allocating: the sidecar finds a key's shard with it per request.
+func TestShardOfIsFNV1a(t *testing.T) {
+	for i := range 2000 {
+		id := fmt.Sprintf("apk-%x", i*7919)
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(id))
+		for _, count := range []int{2, 8, 64, 100} {
+			if got, want := ShardOf(id, count), int(h.Sum32()%uint32(count)); got != want {
+				t.Fatalf("ShardOf(%q, %d) = %d, FNV-1a says %d", id, count, got, want)
+			}
+		}
+	}
+	id := "apk-1wtRxni5IsPsSpBLWpwr"
+	if n := testing.AllocsPerRun(100, func() { _ = ShardOf(id, 64) }); n != 0 {
+		t.Fatalf("ShardOf allocates %v times", n)
 	}
 }
 

@@ -175,7 +175,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		kube := &config.Kubernetes{Client: client, Namespace: *namespace, Policy: *policy, Store: store, Revoked: revoked, Log: log}
 		recorder = usage.NewRecorder()
 		store.OnChange(func(rt *config.Runtime) {
-			recorder.Forget(func(keyID string) bool { return rt.Keys[keyID] != nil })
+			recorder.Forget(func(keyID string) bool { return rt.Key(keyID) != nil })
 		})
 		pub := &usage.Publisher{Recorder: recorder, Sink: &usage.ConfigMap{Client: client, Namespace: *namespace, Name: bundle.UsageConfigMapName(*policy)},
 			OnError: func(err error) { log.Warn("Failed to publish key usage; retrying in a minute", "error", err) }}

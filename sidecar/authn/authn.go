@@ -200,20 +200,20 @@ func CheckSecret(rt *config.Runtime, keyID, secret string, now time.Time) (*conf
 	_, _ = m.Write(sc.in)
 	sum := m.Sum(sc.sum[:0])
 	rt.PutMAC(m)
-	k := rt.Keys[keyID]
+	k := rt.Key(keyID)
 	d0, d1 := rt.DummyDigest, rt.DummyDigest
 	var e0, e1 *time.Time
 	if k != nil {
-		d0, e0 = k.Secrets[0].Digest, k.Secrets[0].ExpiresAt
+		d0, e0 = k.Secrets[0].Digest[:], k.Secrets[0].ExpiresAt
 		if len(k.Secrets) > 1 {
-			d1, e1 = k.Secrets[1].Digest, k.Secrets[1].ExpiresAt
+			d1, e1 = k.Secrets[1].Digest[:], k.Secrets[1].ExpiresAt
 		}
 	}
 	ok0 := hmac.Equal(sum, d0) && (e0 == nil || now.Before(*e0))
 	ok1 := hmac.Equal(sum, d1) && (e1 == nil || now.Before(*e1))
 	if k != nil && len(k.Secrets) > 2 && !ok0 && !ok1 {
 		for _, s := range k.Secrets[2:] {
-			if hmac.Equal(sum, s.Digest) && (s.ExpiresAt == nil || now.Before(*s.ExpiresAt)) {
+			if hmac.Equal(sum, s.Digest[:]) && (s.ExpiresAt == nil || now.Before(*s.ExpiresAt)) {
 				ok1 = true
 			}
 		}
@@ -448,7 +448,7 @@ func (a *Authenticator) Bearer(rt *config.Runtime, raw string, now time.Time) (*
 // clients; permissions are what the token carries and its key (or client)
 // still holds.
 func TokenIdentity(rt *config.Runtime, c *token.Claims, now time.Time) (*Identity, *Error) {
-	k := rt.Keys[c.Subject]
+	k := rt.Key(c.Subject)
 	if k == nil {
 		return nil, fail(ReasonUnknownKey, c.Subject)
 	}

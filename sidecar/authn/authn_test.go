@@ -63,7 +63,7 @@ func TestKeyIdentityShared(t *testing.T) {
 		t.Fatal(ferr)
 	}
 	id2, _ := a.Request(rt, basicReq("apk-1"), time.Now())
-	if id1 != id2 || id1.KeyID != "apk-1" || id1.Via != ViaBasic || id1.Key != rt.Keys["apk-1"] {
+	if id1 != id2 || id1.KeyID != "apk-1" || id1.Via != ViaBasic || id1.Key != rt.Key("apk-1") {
 		t.Fatalf("identities %p %+v and %p", id1, id1, id2)
 	}
 	other, _ := a.Request(rt, basicReq("apk-2"), time.Now())
@@ -88,7 +88,7 @@ func TestKeyIdentityShared(t *testing.T) {
 	if ferr != nil {
 		t.Fatal(ferr)
 	}
-	if id3 == id1 || id3.Key != rt2.Keys["apk-1"] || id3.PermHeader == id1.PermHeader {
+	if id3 == id1 || id3.Key != rt2.Key("apk-1") || id3.PermHeader == id1.PermHeader {
 		t.Fatalf("identity after a new bundle: %+v (before %+v)", id3, id1)
 	}
 }

@@ -36,7 +36,6 @@ const (
 type Runtime struct {
 	Policy         bundle.Policy
 	HashKey        []byte
-	Keys           map[string]*Key
 	PolicyCIDRs    []netip.Prefix
 	Resolver       clientaddr.Resolver
 	PublicPaths    map[string]bool
@@ -61,24 +60,45 @@ type Runtime struct {
 	LoadedAt    time.Time
 
 	schemes []string // lower-case bearer scheme words
-	hmacs   sync.Pool
+	hmacs   *sync.Pool
+	// keys are the compiled keys: one table for a v1 bundle, one per shard
+	// (in the index's order) for a sharded one, where a key is in the table
+	// bundle.ShardOf its key ID names. A shard's change swaps one table.
+	keys     []map[string]*Key
+	keyCount int
+	// keyLimit is the request limit of a key without its own: the policy's.
+	keyLimit quota.Limit
 }
 
-// Key is a compiled ApiKey.
+// Key is a compiled ApiKey. A sidecar holds one per key of its policy (100,000
+// at the most), so it is kept small: permissions shared between keys with the
+// same list, digests inline, nothing the request path does not read.
 type Key struct {
-	KeyID    string
-	Name     string
-	Secrets  []bundle.SecretDigest
+	KeyID   string
+	Secrets []Secret
+	// PermSet is shared by the keys of a shard that hold the same
+	// permissions: never modify it.
+	*PermSet
+	CIDRs     []netip.Prefix
+	Clients   map[string]*Client // nil without clients
+	ExpiresAt *time.Time
+	// limit is the key's own request limit; nil when it has the policy's
+	// (Runtime.KeyLimit).
+	limit *quota.Limit
+}
+
+// PermSet is a compiled permission list.
+type PermSet struct {
 	Perms    authz.Permissions
 	PermList []string
 	// PermHeader is PermList joined with commas (X-Keygate-Permissions).
 	PermHeader string
-	CIDRs      []netip.Prefix
-	Clients    map[string]*Client
-	ExpiresAt  *time.Time
-	// RateLimit is the key's request limit: its own, else the policy's
-	// (invalid, that is off, when neither sets one).
-	RateLimit quota.Limit
+}
+
+// Secret is the digest of one of a key's secrets (bundle.SecretDigest).
+type Secret struct {
+	Digest    [sha256.Size]byte
+	ExpiresAt *time.Time
 }
 
 // Client is a compiled sub-client; its permissions are already narrowed to
@@ -91,6 +111,37 @@ type Client struct {
 	// RateLimit is the client's own request limit; off when the client
 	// shares its key's.
 	RateLimit quota.Limit
+}
+
+// Key returns the compiled key of keyID, or nil. It neither locks nor
+// allocates.
+func (rt *Runtime) Key(keyID string) *Key {
+	if len(rt.keys) == 1 {
+		return rt.keys[0][keyID]
+	}
+	return rt.keys[bundle.ShardOf(keyID, len(rt.keys))][keyID]
+}
+
+// KeyCount is the number of keys in force.
+func (rt *Runtime) KeyCount() int { return rt.keyCount }
+
+// KeyLimit is the request limit of k: its own, else the policy's (off, not
+// Valid, when neither sets one).
+func (rt *Runtime) KeyLimit(k *Key) quota.Limit {
+	if k.limit != nil {
+		return *k.limit
+	}
+	return rt.keyLimit
+}
+
+// withKeys returns a copy of rt with the given key tables (one per shard).
+func (rt *Runtime) withKeys(tables []map[string]*Key) *Runtime {
+	next := *rt
+	next.keys, next.keyCount = tables, 0
+	for _, t := range tables {
+		next.keyCount += len(t)
+	}
+	return &next
 }
 
 // Usable reports whether the key works at now.
@@ -151,6 +202,8 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 		ClientTokenTTL: time.Duration(p.ClientTokenTTLSeconds) * time.Second,
 		LoadedAt:       time.Now(),
 		Audit:          p.Enforcement == bundle.EnforcementAudit,
+		hmacs:          &sync.Pool{},
+		keyLimit:       Limit(p.RateLimit),
 	}
 	var err error
 	if rt.PolicyCIDRs, err = clientaddr.ParsePrefixes(p.AllowedCIDRs); err != nil {
@@ -185,11 +238,11 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	if rt.Keyset, err = token.NewKeyset(b.SigningKeys, p.Issuer, p.Audience); err != nil {
 		errs = append(errs, fmt.Errorf("signingKeys: %w", err))
 	}
-	keys, err := compileKeys(p, b.Keys)
+	keys, err := compileKeys(b.Keys)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	rt.Keys = keys
+	rt.keys, rt.keyCount = []map[string]*Key{keys}, len(keys)
 	rt.DummyDigest = make([]byte, sha256.Size)
 	_, _ = rand.Read(rt.DummyDigest)
 	if err := errors.Join(errs...); err != nil {
@@ -198,24 +251,50 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	return rt, nil
 }
 
-// compileKeys compiles the key entries of a bundle (or of one shard) of
-// policy p, reporting every problem.
-func compileKeys(p bundle.Policy, keys []bundle.Key) (map[string]*Key, error) {
+// compileKeys compiles the key entries of a bundle (or of one shard),
+// reporting every problem. The keys do not depend on the policy (a key
+// without its own rate limit has the policy's through Runtime.KeyLimit), so
+// a shard compiled once serves every index of its generation. Keys with the
+// same permissions share one PermSet, and the keys are allocated together.
+func compileKeys(keys []bundle.Key) (map[string]*Key, error) {
 	var errs []error
 	out := make(map[string]*Key, len(keys))
-	var err error
+	slab := make([]Key, len(keys))
+	n := 0
 	for _, k := range keys {
-		ck := &Key{KeyID: k.KeyID, Name: k.Name, Secrets: k.Secrets, Perms: authz.NewPermissions(k.Permissions), ExpiresAt: k.ExpiresAt}
-		ck.RateLimit = Limit(k.RateLimit)
-		if k.RateLimit == nil {
-			ck.RateLimit = Limit(p.RateLimit)
+		n += len(k.Secrets)
+	}
+	secrets := make([]Secret, n)
+	perms := map[string]*PermSet{}
+	var err error
+	for i, k := range keys {
+		ck := &slab[i]
+		ck.KeyID, ck.ExpiresAt = k.KeyID, k.ExpiresAt
+		ck.Secrets, secrets = secrets[:len(k.Secrets):len(k.Secrets)], secrets[len(k.Secrets):]
+		for j, s := range k.Secrets {
+			if len(s.Digest) != sha256.Size {
+				errs = append(errs, fmt.Errorf("keys %s: a digest is not HMAC-SHA256", k.KeyID))
+			}
+			copy(ck.Secrets[j].Digest[:], s.Digest)
+			ck.Secrets[j].ExpiresAt = s.ExpiresAt
 		}
-		ck.PermList = ck.Perms.List()
-		ck.PermHeader = strings.Join(ck.PermList, ",")
+		if k.RateLimit != nil {
+			l := Limit(k.RateLimit)
+			ck.limit = &l
+		}
+		name := strings.Join(k.Permissions, "\x00")
+		if ck.PermSet = perms[name]; ck.PermSet == nil {
+			ps := &PermSet{Perms: authz.NewPermissions(k.Permissions)}
+			ps.PermList = ps.Perms.List()
+			ps.PermHeader = strings.Join(ps.PermList, ",")
+			perms[name], ck.PermSet = ps, ps
+		}
 		if ck.CIDRs, err = clientaddr.ParsePrefixes(k.AllowedCIDRs); err != nil {
 			errs = append(errs, fmt.Errorf("keys %s allowedCIDRs: %w", k.KeyID, err))
 		}
-		ck.Clients = make(map[string]*Client, len(k.Clients))
+		if len(k.Clients) > 0 {
+			ck.Clients = make(map[string]*Client, len(k.Clients))
+		}
 		for _, c := range k.Clients {
 			if c.Key == "" {
 				errs = append(errs, fmt.Errorf("keys %s: a client has no key", k.KeyID))

@@ -65,7 +65,7 @@ func WatchBundleFile(ctx context.Context, path string, store *Store, log *slog.L
 			log.Error("Rejected bundle; the last good one stays in force", "file", path, "error", err)
 			return err
 		}
-		log.Info("Loaded bundle", "file", path, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
+		log.Info("Loaded bundle", "file", path, "fingerprint", rt.Fingerprint, "keys", rt.KeyCount())
 		return nil
 	}, func(err error) { store.SetSourceHealth(err) })
 }

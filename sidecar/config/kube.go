@@ -200,7 +200,7 @@ func (k *Kubernetes) install(source string, rt *Runtime) {
 	if cur := k.Store.Install(rt); cur == prev {
 		return
 	}
-	k.Log.Info("Loaded bundle", "secret", source, "fingerprint", rt.Fingerprint, "keys", len(rt.Keys))
+	k.Log.Info("Loaded bundle", "secret", source, "fingerprint", rt.Fingerprint, "keys", rt.KeyCount())
 }
 
 // newerVersion reports whether resourceVersion rv is to be applied over cur,

@@ -33,15 +33,15 @@ func TestOlderBundleVersionIsNotApplied(t *testing.T) {
 	k.applySecret(bundleSecret("100", withKey))
 	k.applySecret(bundleSecret("205", withoutKey)) // the watch: the key was disabled
 	k.applySecret(bundleSecret("100", withKey))    // the probe's late answer
-	if rt := k.Store.Load(); rt.Keys["apk-disabled"] != nil {
+	if rt := k.Store.Load(); rt.Key("apk-disabled") != nil {
 		t.Fatal("an older bundle version replaced a newer one: the disabled key is back in force")
 	}
 	k.applySecret(bundleSecret("99", withKey))
-	if rt := k.Store.Load(); rt.Keys["apk-disabled"] != nil {
+	if rt := k.Store.Load(); rt.Key("apk-disabled") != nil {
 		t.Fatal("resourceVersions compare as integers, not strings (\"99\" > \"205\" as text)")
 	}
 	k.applySecret(bundleSecret("1000", withKey)) // a later version re-adds it (enabled again)
-	if rt := k.Store.Load(); rt.Keys["apk-disabled"] == nil {
+	if rt := k.Store.Load(); rt.Key("apk-disabled") == nil {
 		t.Fatal("a newer bundle version was not applied")
 	}
 }

@@ -46,8 +46,10 @@ func shardSecrets(t *testing.T, f *bundletest.Fixture, count int, rv int) (*core
 
 func keyIDs(rt *Runtime) []string {
 	var out []string
-	for id := range rt.Keys {
-		out = append(out, id)
+	for _, t := range rt.keys {
+		for id := range t {
+			out = append(out, id)
+		}
 	}
 	slices.Sort(out)
 	return out
@@ -103,26 +105,57 @@ func TestShardedBundleGenerations(t *testing.T) {
 	_, next := shardSecrets(t, f, 4, 30)
 	k.applyShard(next[place])
 	v3 := k.Store.Load()
-	if v3.Keys[gone] != nil {
+	if v3.Key(gone) != nil {
 		t.Fatal("the disabled key is still in force")
 	}
-	if len(v3.Keys) != len(all)-1 {
-		t.Fatalf("%d keys in force, want %d", len(v3.Keys), len(all)-1)
+	if v3.KeyCount() != len(all)-1 {
+		t.Fatalf("%d keys in force, want %d", v3.KeyCount(), len(all)-1)
 	}
-	for id, key := range v3.Keys {
-		if bundle.ShardOf(id, 4) != place && v2.Keys[id] != key {
+	for _, id := range keyIDs(v3) {
+		if bundle.ShardOf(id, 4) != place && v2.Key(id) != v3.Key(id) {
 			t.Fatalf("key %s of an unchanged shard was compiled again", id)
 		}
 	}
+	// Keys of the same permissions share them; a lookup neither locks nor
+	// allocates.
+	if a, b := v3.Key(all[0]), v3.Key(all[1]); bundle.ShardOf(all[0], 4) == bundle.ShardOf(all[1], 4) && a.PermSet != b.PermSet {
+		t.Fatal("two keys of one shard with the same permissions do not share them")
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = v3.Key(all[3]) }); n != 0 {
+		t.Fatalf("a key lookup allocates %v times", n)
+	}
+	// A new index of the same generation (here the policy's default rate
+	// limit) applies to every key without its own, and the shards are not
+	// compiled again.
+	if v3.KeyLimit(v3.Key(all[0])).Valid() {
+		t.Fatal("a limit before the policy has one")
+	}
+	index.ResourceVersion = "31"
+	b, err := bundle.Parse(index.Data[bundle.SecretDataKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Policy.RateLimit = &bundle.RateLimit{Requests: 5, PerMillis: 1000, Burst: 5}
+	data, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	index.Data = map[string][]byte{bundle.SecretDataKey: data}
+	k.applySecret(index)
+	v4 := k.Store.Load()
+	if l := v4.KeyLimit(v4.Key(all[0])); l.Requests != 5 || v4.Key(all[0]) != v3.Key(all[0]) {
+		t.Fatalf("after the policy's change: limit %+v, key compiled again: %v", l, v4.Key(all[0]) != v3.Key(all[0]))
+	}
+
 	// The older version of that shard (a late probe answer) changes nothing.
 	k.applyShard(shards[place])
-	if k.Store.Load().Keys[gone] != nil {
+	if k.Store.Load().Key(gone) != nil {
 		t.Fatal("an older shard version put the disabled key back")
 	}
 
 	// Back to one v1 bundle.
 	k.applySecret(bundleSecret("40", f.JSON()))
-	if got := k.Store.Load(); got.Keys[gone] != nil || len(got.Keys) != len(all)-1 || k.sharded != nil {
-		t.Fatalf("v1 again: %d keys, sharded state %v", len(got.Keys), k.sharded != nil)
+	if got := k.Store.Load(); got.Key(gone) != nil || got.KeyCount() != len(all)-1 || k.sharded != nil {
+		t.Fatalf("v1 again: %d keys, sharded state %v", got.KeyCount(), k.sharded != nil)
 	}
 }

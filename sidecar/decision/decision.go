@@ -102,7 +102,7 @@ func Explain(rt *config.Runtime, req Request) Decision {
 		return d
 	}
 	d.Audit = rt.Audit
-	k := rt.Keys[req.KeyID]
+	k := rt.Key(req.KeyID)
 	if k == nil {
 		return refuse(d, http.StatusUnauthorized, authn.ReasonUnknownKey)
 	}

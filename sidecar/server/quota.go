@@ -23,7 +23,7 @@ const (
 // the client's own limit in the client's bucket, else the key's (or the
 // policy's) in the key's bucket. An off limit (not Valid) means no limit.
 func limitOf(rt *config.Runtime, id *authn.Identity) (quota.Limit, string) {
-	k := rt.Keys[id.KeyID]
+	k := rt.Key(id.KeyID)
 	if k == nil {
 		return quota.Limit{}, ""
 	}
@@ -32,10 +32,11 @@ func limitOf(rt *config.Runtime, id *authn.Identity) (quota.Limit, string) {
 			return c.RateLimit, bucketRequests + id.KeyID + "\x00" + id.Client
 		}
 	}
-	if !k.RateLimit.Valid() {
+	l := rt.KeyLimit(k)
+	if !l.Valid() {
 		return quota.Limit{}, "" // no limit: no bucket name to build
 	}
-	return k.RateLimit, bucketRequests + id.KeyID
+	return l, bucketRequests + id.KeyID
 }
 
 // withRateLimit spends one request of the caller's bucket; over the limit it
@@ -61,16 +62,17 @@ func (s *Server) withRateLimit(next http.Handler) http.Handler {
 // allowToken spends one token request of the key's token bucket; over the
 // limit it answers 429 in the token endpoint's error shape and returns false.
 func (s *Server) allowToken(w http.ResponseWriter, st *request, id *authn.Identity) bool {
-	k := st.rt.Keys[id.KeyID]
-	if k == nil || !k.RateLimit.Valid() {
+	k := st.rt.Key(id.KeyID)
+	if k == nil || !st.rt.KeyLimit(k).Valid() {
 		return true
 	}
-	res := s.quotas.Take(bucketTokens+id.KeyID, k.RateLimit, st.now)
+	l := st.rt.KeyLimit(k)
+	res := s.quotas.Take(bucketTokens+id.KeyID, l, st.now)
 	if res.Allowed {
 		return true
 	}
 	s.opts.Metrics.rateLimited(st.rt.Policy.Name, id.KeyID)
-	s.overLimit(w, nil, st, k.RateLimit, res, true)
+	s.overLimit(w, nil, st, l, res, true)
 	return false
 }
 
