@@ -68,6 +68,7 @@ func run(ctx context.Context, args []string) error {
 	kubeQPS := fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "Client-side limit of requests per second to the API server (its priority and fairness is the real protection); the same whatever the config source.")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "Requests to the API server allowed at once above --kube-api-qps.")
 	pprofAddr := fs.String("pprof-bind-address", "0", "Address net/http/pprof is served on (/debug/pprof/; it shows memory contents, bind it to localhost); 0 turns it off.")
+	memoryLimit := fs.String("memory-limit", "auto", "Soft memory limit of the Go runtime (GOMEMLIMIT): auto (GOMEMLIMIT if set, else 90% of the container's memory limit, else none), none, or a quantity such as 460Mi. See docs/operator.md, \"Memory\".")
 	var ctrlOpts controllers.Options
 	fs.IntVar(&ctrlOpts.ApiKeyConcurrency, "apikey-concurrency", controllers.DefaultApiKeyConcurrency, "ApiKeys reconciled at once.")
 	if err := fs.Parse(args); err != nil {
@@ -78,6 +79,10 @@ func run(ctx context.Context, args []string) error {
 	}
 	if ctrlOpts.ApiKeyConcurrency <= 0 {
 		return fmt.Errorf("--apikey-concurrency (%d) must be positive", ctrlOpts.ApiKeyConcurrency)
+	}
+	memLimit, err := applyMemoryLimit(*memoryLimit)
+	if err != nil {
+		return err
 	}
 	// The API client's latency and its rate limiter's wait, on /metrics:
 	// which of the two sets the pace (docs/operator.md, "At scale").
@@ -165,7 +170,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
 	log.Info("Starting manager", "watchNamespaces", namespaces, "leaderElect", leaderElect, "injection", *enableInjection,
-		"kubeAPIQPS", cfg.QPS, "kubeAPIBurst", cfg.Burst)
+		"kubeAPIQPS", cfg.QPS, "kubeAPIBurst", cfg.Burst, "memoryLimit", memoryLimitString(memLimit))
 	return start(ctx, mgr)
 }
 

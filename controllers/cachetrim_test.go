@@ -1,0 +1,131 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+	"unsafe"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
+)
+
+// cachedSample is an ApiKey and its credentials Secret as the API server
+// sends them (managedFields, owner, conditions, kubectl's annotation).
+func cachedSample(i int) (*keygatev1.ApiKey, *corev1.Secret) {
+	now := metav1.NewTime(time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC))
+	key := &keygatev1.ApiKey{
+		TypeMeta: metav1.TypeMeta{APIVersion: keygatev1.GroupVersion.String(), Kind: "ApiKey"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: fmt.Sprintf("key-%06d", i), UID: types.UID(fmt.Sprintf("uid-key-%d", i)),
+			ResourceVersion: fmt.Sprint(1000 + i), Generation: 1, CreationTimestamp: now,
+			Annotations:   map[string]string{lastAppliedAnnotation: `{"spec":{}}`, keygatev1.AnnotationRotate: "r1"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply, Time: &now}}},
+		Spec: keygatev1.ApiKeySpec{PolicyRef: keygatev1.PolicyReference{Name: "p"}, Permissions: []keygatev1.Permission{"charges:List", "reports:All"},
+			Clients: []keygatev1.ApiKeyClient{{Key: "mobile", Permissions: []keygatev1.Permission{"charges:List"}}}},
+	}
+	c := credentials{KeyID: fmt.Sprintf("apk-%020d", i), Secret: fmt.Sprintf("%043d", i), Version: 2, RotatedAt: now.Time, Intact: true,
+		Previous: &previousSecret{Digest: make([]byte, 32), Version: 1, ExpiresAt: now.Add(time.Hour), HashKeyID: "0123456789abcdef"}}
+	key.Status = keygatev1.ApiKeyStatus{KeyID: c.KeyID, SecretName: key.Name + "-credentials", SecretVersion: 2, LastRotationTime: &now, ObservedGeneration: 1}
+	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: keygatev1.ReasonReady, Message: "in bundle Secret keygate-p-3", ObservedGeneration: 1})
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: key.Status.SecretName, UID: types.UID(fmt.Sprintf("uid-secret-%d", i)),
+		ResourceVersion: fmt.Sprint(2000 + i), CreationTimestamp: now,
+		Labels:        map[string]string{keygatev1.LabelManagedBy: keygatev1.ManagedByValue, keygatev1.LabelApiKey: key.Name, keygatev1.LabelTokenPolicy: "p"},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "keygate", Operation: metav1.ManagedFieldsOperationUpdate, Time: &now}}}}
+	writeCredentials(s, c)
+	s.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(key, keygatev1.GroupVersion.WithKind("ApiKey"))}
+	return key, s
+}
+
+// The cache's transform changes no value a reconciler reads or writes back:
+// only managedFields and kubectl's last-applied-configuration go, and no
+// map is shared between two cached objects.
+func TestTrimForCacheKeepsEveryValue(t *testing.T) {
+	g := NewWithT(t)
+	key, secret := cachedSample(1)
+	wantKey, wantSecret := key.DeepCopy(), secret.DeepCopy()
+	wantKey.ManagedFields, wantSecret.ManagedFields = nil, nil
+	delete(wantKey.Annotations, lastAppliedAnnotation)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "usage", Labels: map[string]string{"a": "b"}}, Data: map[string]string{"k": "v"}}
+	wantCM := cm.DeepCopy()
+
+	for _, c := range []struct{ got, want client.Object }{{key, wantKey}, {secret, wantSecret}, {cm, wantCM}} {
+		out, err := trimForCache(c.got)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(equality.Semantic.DeepEqual(out, c.want)).To(BeTrue(), "%T changed beyond managedFields and last-applied: %v", c.got, out)
+	}
+
+	// Two Secrets trimmed: their maps are their own.
+	_, other := cachedSample(2)
+	o, err := trimForCache(other)
+	g.Expect(err).NotTo(HaveOccurred())
+	other = o.(*corev1.Secret)
+	other.Labels["x"], other.Annotations["x"], other.Data["x"] = "y", "y", []byte("y")
+	g.Expect(secret.Labels).NotTo(HaveKey("x"))
+	g.Expect(secret.Annotations).NotTo(HaveKey("x"))
+	g.Expect(secret.Data).NotTo(HaveKey("x"))
+}
+
+// The interner shares equal strings and stops growing at its bound.
+func TestInternerIsBounded(t *testing.T) {
+	g := NewWithT(t)
+	var in interner
+	a := in.intern(string([]byte("keygate")))
+	b := in.intern(string([]byte("keygate")))
+	g.Expect(a).To(Equal(b))
+	g.Expect(stringData(a)).To(Equal(stringData(b)), "the same bytes")
+	for i := range maxInterned + 10 {
+		in.intern(fmt.Sprint("s", i))
+	}
+	g.Expect(in.m).To(HaveLen(maxInterned))
+	long := string(make([]byte, maxInternedLen+1))
+	g.Expect(in.intern(long)).To(Equal(long))
+	g.Expect(in.m).NotTo(HaveKey(long))
+}
+
+// Writes made from trimmed cached copies lose nothing on the server: an
+// ApiKey's last-applied-configuration stays through its status writes and a
+// rotation, and its credentials Secret keeps every data entry and annotation
+// (the rotation patches it from the cached copy).
+func TestWritesFromTheTrimmedCacheLoseNothing(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	startManager(t, ns, clock.RealClock{})
+	lastApplied := `{"apiVersion":"keygate.dev/v1alpha1","kind":"ApiKey","spec":{"policyRef":{"name":"p"}}}`
+	k := newApiKey(ns, "k", "p", withRotation(0, time.Hour))
+	k.Annotations = map[string]string{lastAppliedAnnotation: lastApplied}
+	create(t, newPolicy(ns, "p"), k)
+	waitReason(t, ns, "k", "True/Ready")
+	c1, _ := getCreds(g, ns, "k-credentials")
+
+	key := getApiKey(g, ns, "k")
+	patch := client.MergeFrom(key.DeepCopy())
+	key.Annotations[keygatev1.AnnotationRotate] = "now"
+	g.Expect(k8sClient.Patch(context.Background(), key, patch)).To(Succeed())
+	g.Eventually(func(g Gomega) int64 { return getApiKey(g, ns, "k").Status.SecretVersion }, timeout, interval).Should(BeEquivalentTo(2))
+	c2, s := getCreds(g, ns, "k-credentials")
+	waitDigests(t, ns, "p", c1.KeyID, c2.Secret, c1.Secret) // the passes after the rotation ran
+
+	key = getApiKey(g, ns, "k")
+	g.Expect(key.Annotations).To(HaveKeyWithValue(lastAppliedAnnotation, lastApplied))
+	g.Expect(c2.KeyID).To(Equal(c1.KeyID))
+	g.Expect(c2.Secret).NotTo(Equal(c1.Secret))
+	g.Expect(c2.Authorization).To(Equal(basicAuthorization(c2.KeyID, c2.Secret)))
+	got := readCredentials(s)
+	g.Expect(got.Intact).To(BeTrue())
+	g.Expect(got.Version).To(BeEquivalentTo(2))
+	g.Expect(got.Previous).NotTo(BeNil(), "the previous secret's digest is kept for the grace period")
+	g.Expect(s.Labels).To(HaveKeyWithValue(keygatev1.LabelApiKey, "k"))
+	g.Expect(s.OwnerReferences).To(HaveLen(1))
+}
+
+func stringData(s string) *byte { return unsafe.StringData(s) }
