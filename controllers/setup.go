@@ -310,17 +310,20 @@ func isShard(s *corev1.Secret) bool {
 }
 
 func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) error {
+	r.incremental = true // the watches below name the changed keys (touch)
 	err := ctrl.NewControllerManagedBy(mgr).
 		Named("tokenpolicy").
 		For(&keygatev1.TokenPolicy{}, builder.WithPredicates(specOrMetadataChanged)).
 		Owns(&corev1.Secret{}, builder.WithPredicates(predicate.Funcs{
-			UpdateFunc: func(e event.UpdateEvent) bool { return !r.isOwnBundleWrite(e.ObjectNew) },
+			CreateFunc: func(e event.CreateEvent) bool { r.bundleSecretEvent(e.Object); return true },
+			UpdateFunc: func(e event.UpdateEvent) bool { return r.bundleSecretEvent(e.ObjectNew) },
+			DeleteFunc: func(e event.DeleteEvent) bool { r.bundleSecretEvent(e.Object); return true },
 		})).
 		Owns(&corev1.ConfigMap{}, builder.WithPredicates(predicate.Funcs{
 			UpdateFunc: func(e event.UpdateEvent) bool { return !isUsageConfigMap(e.ObjectNew) },
 		})).
-		Watches(&keygatev1.ApiKey{}, policyOf(policyOfApiKey), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Secret{}, policyOf(policyOfCredentials)).
+		Watches(&keygatev1.ApiKey{}, policyOfTouching(policyOfApiKey, r.touchApiKey), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Secret{}, policyOfTouching(policyOfCredentials, r.touchCredentials)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
 	if err != nil {
@@ -343,12 +346,48 @@ func policyOfCredentials(o client.Object) (string, bool) {
 	return p, ok
 }
 
+// bundleSecretEvent tells whether an event of a Secret the policy owns
+// needs a pass: not the watch event of a bundle write this process just made.
+// A bundle Secret (index or shard) changed by anyone else makes the next
+// pass of its policy a full one, which writes every shard again.
+func (r *TokenPolicyReconciler) bundleSecretEvent(o client.Object) bool {
+	if r.isOwnBundleWrite(o) {
+		return false
+	}
+	if policy, ok := bundlePolicy(o); ok {
+		r.shardStates.invalidate(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy})
+	}
+	return true
+}
+
+// touchApiKey notes, for the incremental bundle pass, that ApiKey o of
+// policy changed.
+func (r *TokenPolicyReconciler) touchApiKey(policy string, o client.Object) {
+	r.shardStates.touch(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy}, o.GetName())
+}
+
+// touchCredentials notes that the ApiKey of credentials Secret o changed.
+func (r *TokenPolicyReconciler) touchCredentials(policy string, o client.Object) {
+	if key := o.GetLabels()[keygatev1.LabelApiKey]; key != "" {
+		r.shardStates.touch(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy}, key)
+	}
+}
+
 // policyOf maps an object to the TokenPolicy it belongs to; on an update both
 // the old and the new policy are queued, so a key moving between policies
 // leaves the old bundle too.
 func policyOf(name func(client.Object) (string, bool)) handler.EventHandler {
+	return policyOfTouching(name, nil)
+}
+
+// policyOfTouching is policyOf that tells touch (when not nil) of each
+// (policy, object) before the policy is queued.
+func policyOfTouching(name func(client.Object) (string, bool), touch func(policy string, o client.Object)) handler.EventHandler {
 	add := func(o client.Object, q apiKeyQueue) {
 		if n, ok := name(o); ok && n != "" {
+			if touch != nil {
+				touch(n, o)
+			}
 			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: n}})
 		}
 	}

@@ -44,6 +44,12 @@ type TokenPolicyReconciler struct {
 	pacer additionPacer
 	// creds keeps what a pass read of each credentials Secret.
 	creds credsMemo
+	// shardStates keeps what the passes of each sharded policy built.
+	shardStates shardStates
+	// incremental lets a sharded policy's pass read only the ApiKeys that
+	// changed since the previous one (set up with the watches that name
+	// them, setup); otherwise every pass reads every key.
+	incremental bool
 	// shardSets is, per policy, the shard names last published after which
 	// no stale shard was left (deleteStaleShards).
 	shardSets sync.Map
@@ -69,6 +75,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if err := r.Get(ctx, req.NamespacedName, policy); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.creds.forget(req.NamespacedName)
+			r.shardStates.forget(req.NamespacedName)
 			r.shardSets.Delete(req.NamespacedName)
 			r.pacer.forgetPolicy(req.NamespacedName)
 		}

@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
@@ -48,7 +46,7 @@ type additionPacer struct {
 
 type shardWritten struct {
 	resourceVersion string
-	byName          map[string]*bundle.Key
+	keys            []*keyState
 }
 
 // wait is how long the policy's additions-only shard writes still wait; 0
@@ -72,19 +70,16 @@ func (a *additionPacer) wrote(policy types.NamespacedName, n int64) {
 	a.next[policy] = time.Now().Add(time.Duration(n) * time.Second / time.Duration(shardAdditionsBytesPerSecond.Load()))
 }
 
-// record remembers the entries that the shard Secret nn carries at
-// resourceVersion rv.
-func (a *additionPacer) record(nn types.NamespacedName, rv string, entries []bundle.Key) {
-	byName := make(map[string]*bundle.Key, len(entries))
-	for i := range entries {
-		byName[entries[i].Name] = &entries[i]
-	}
+// record remembers the keys that the shard Secret nn carries at
+// resourceVersion rv (keyStates are never modified, so they are kept as
+// they are).
+func (a *additionPacer) record(nn types.NamespacedName, rv string, keys []*keyState) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.shards == nil {
 		a.shards = map[types.NamespacedName]shardWritten{}
 	}
-	a.shards[nn] = shardWritten{resourceVersion: rv, byName: byName}
+	a.shards[nn] = shardWritten{resourceVersion: rv, keys: keys}
 }
 
 // forgetPolicy drops the pace of a deleted policy.
@@ -101,36 +96,33 @@ func (a *additionPacer) forget(nn types.NamespacedName) {
 	delete(a.shards, nn)
 }
 
-// onlyAdds reports whether entries differ from what the shard Secret name
-// carries only by keys added: every entry it carries is in entries,
-// unchanged, and entries has more. It returns the carried entries by ApiKey
-// name. It is false when in doubt: a shard this process has not written,
-// or one written since by someone else.
-func (a *additionPacer) onlyAdds(ctx context.Context, c client.Reader, p *keygatev1.TokenPolicy, name string, entries []bundle.Key) (map[string]*bundle.Key, bool) {
+// onlyAdds reports whether members (by ApiKey name) differ from what the
+// shard Secret name carries only by keys added: every key it carries is a
+// member, with the same entry, and there are more members. It returns how
+// many keys it carries. It is false when in doubt: a shard this process has
+// not written, or one written since by someone else.
+func (a *additionPacer) onlyAdds(ctx context.Context, c client.Reader, p *keygatev1.TokenPolicy, name string, members map[string]*keyState) (int, bool) {
 	nn := types.NamespacedName{Namespace: p.Namespace, Name: name}
 	a.mu.Lock()
 	held, ok := a.shards[nn]
 	a.mu.Unlock()
-	if !ok || len(entries) <= len(held.byName) {
-		return nil, false
+	if !ok || len(members) <= len(held.keys) {
+		return 0, false
 	}
 	cached := &corev1.Secret{}
 	if err := c.Get(ctx, nn, cached, client.UnsafeDisableDeepCopy); err != nil || !metav1.IsControlledBy(cached, p) {
-		return nil, false
+		return 0, false
 	}
 	// The cache may lag behind this process's own write, never lead it
 	// unless someone else wrote the Secret since.
 	if cmp, err := resourceversion.CompareResourceVersion(cached.ResourceVersion, held.resourceVersion); err != nil || cmp > 0 {
-		return nil, false
+		return 0, false
 	}
-	found := 0
-	for i := range entries {
-		if old := held.byName[entries[i].Name]; old != nil {
-			if !reflect.DeepEqual(old, &entries[i]) {
-				return nil, false
-			}
-			found++
+	for _, old := range held.keys {
+		cur := members[old.name]
+		if cur == nil || (cur != old && !cur.same(old)) {
+			return 0, false
 		}
 	}
-	return held.byName, found == len(held.byName)
+	return len(held.keys), true
 }

@@ -33,15 +33,81 @@ import (
 // without deep copies (nothing read here is modified).
 func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPass) (ctrl.Result, error) {
 	p := pass.policy
+	b := &bundle.Bundle{
+		Version:     bundle.FormatVersion,
+		Policy:      resolvePolicy(p),
+		HashKey:     pass.signing.HashKey,
+		SigningKeys: pass.signing.Keys,
+	}
+	var (
+		fit, accepted int
+		shards        []string
+		wakeups       []time.Time
+		retryAfter    time.Duration
+	)
+	if count := bundle.ShardCount(maxApiKeys(p)); count == 0 {
+		r.shardStates.forget(client.ObjectKeyFromObject(p))
+		pub, n, wake, err := r.ensureUnshardedBundle(ctx, pass, b)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		fit, accepted, wakeups = len(pub.kept), n, wake
+	} else {
+		pub, err := r.ensureShardedBundle(ctx, pass, b, count)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		fit, accepted, shards, retryAfter = pub.kept, pub.kept+pub.over, pub.names, pub.retryAfter
+		wakeups = []time.Time{pub.wake}
+	}
+	if err := r.deleteStaleShards(ctx, p, shards); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	name := bundle.SecretName(p.Name)
+	p.Status.ApiKeys = int32(fit) //nolint:gosec // at most maxApiKeys
+	p.Status.BundleSecretName = name
+	p.Status.Enforcement = keygatev1.EnforcementEnforce
+	if b.Policy.Enforcement == bundle.EnforcementAudit {
+		p.Status.Enforcement = keygatev1.EnforcementAudit
+	}
+	meta.RemoveStatusCondition(&p.Status.Conditions, keygatev1.ConditionStalled)
+	where := "Bundle Secret " + name
+	if len(shards) > 0 {
+		where = fmt.Sprintf("Bundle Secret %s (index of %d shards)", name, len(shards))
+	}
+	ready := metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
+		Message: fmt.Sprintf("%s holds %d ApiKeys and %d signing keys.", where, fit, len(b.SigningKeys))}
+	if fit < accepted {
+		ready.Status, ready.Reason = metav1.ConditionFalse, keygatev1.ReasonBundleTooLarge
+		ready.Message = fmt.Sprintf("Only %d of the %d accepted ApiKeys fit in %s (a Secret holds 1 MiB); "+
+			"the other %d are not Ready (reason BundleTooLarge) and do not work. Removals are still published. "+
+			"Lower spec.maxApiKeys or split the keys over more TokenPolicies.",
+			fit, accepted, where, accepted-fit)
+	}
+	meta.SetStatusCondition(&p.Status.Conditions, ready)
+	res := ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}
+	if w := retryAfter; w > 0 && (res.RequeueAfter == 0 || w < res.RequeueAfter) {
+		res.RequeueAfter = w
+	}
+	return res, nil
+}
+
+// ensureUnshardedBundle publishes the v1 bundle from every accepted key; it
+// returns how many keys have an entry and when entries next change by
+// themselves.
+func (r *TokenPolicyReconciler) ensureUnshardedBundle(ctx context.Context, pass *policyPass, b *bundle.Bundle) (published, int, []time.Time, error) {
+	p := pass.policy
 	keys := &keygatev1.ApiKeyList{}
 	if err := r.List(ctx, keys, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name},
 		client.UnsafeDisableDeepCopy); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
+		return published{}, 0, nil, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
 	}
 	secrets := &corev1.SecretList{}
 	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
 		client.HasLabels{keygatev1.LabelApiKey}, client.UnsafeDisableDeepCopy); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list credentials Secrets of TokenPolicy %q: %w", p.Name, err)
+		return published{}, 0, nil, fmt.Errorf("list credentials Secrets of TokenPolicy %q: %w", p.Name, err)
 	}
 	byName := make(map[string]*corev1.Secret, len(secrets.Items))
 	for i := range secrets.Items {
@@ -69,71 +135,23 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 		entries = append(entries, k)
 		owners = append(owners, key)
 	}
-	b := &bundle.Bundle{
-		Version:     bundle.FormatVersion,
-		Policy:      resolvePolicy(p),
-		HashKey:     pass.signing.HashKey,
-		SigningKeys: pass.signing.Keys,
-	}
-	var pub published
-	var err error
-	if count := bundle.ShardCount(maxApiKeys(p)); count == 0 {
-		pub, err = r.publishUnsharded(ctx, p, b, entries, owners, adm.limitCut)
-	} else {
-		pub, err = r.publishSharded(ctx, p, b, entries, owners, adm.limitCut, count)
-	}
+	pub, err := r.publishUnsharded(ctx, p, b, entries, owners, adm.limitCut)
 	if err != nil {
-		return ctrl.Result{}, err
+		return published{}, 0, nil, err
 	}
 	r.creds.end(policyKey, memo)
-	if err := r.deleteStaleShards(ctx, p, pub.shards); err != nil {
-		return ctrl.Result{}, err
-	}
 	var wakeups []time.Time
 	for _, key := range pub.kept {
 		c, _ := memo.read(byName[credentialsSecretName(key)], pass.signing.HashKey)
 		wakeups = append(wakeups, keyWakeups(key, c)...)
 	}
-
-	name := bundle.SecretName(p.Name)
-	fit := len(pub.kept)
-	p.Status.ApiKeys = int32(fit) //nolint:gosec // at most maxApiKeys
-	p.Status.BundleSecretName = name
-	p.Status.Enforcement = keygatev1.EnforcementEnforce
-	if b.Policy.Enforcement == bundle.EnforcementAudit {
-		p.Status.Enforcement = keygatev1.EnforcementAudit
-	}
-	meta.RemoveStatusCondition(&p.Status.Conditions, keygatev1.ConditionStalled)
-	where := "Bundle Secret " + name
-	if len(pub.shards) > 0 {
-		where = fmt.Sprintf("Bundle Secret %s (index of %d shards)", name, len(pub.shards))
-	}
-	ready := metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: keygatev1.ReasonBundleUpdated, ObservedGeneration: p.Generation,
-		Message: fmt.Sprintf("%s holds %d ApiKeys and %d signing keys.", where, fit, len(b.SigningKeys))}
-	if fit < len(entries) {
-		ready.Status, ready.Reason = metav1.ConditionFalse, keygatev1.ReasonBundleTooLarge
-		ready.Message = fmt.Sprintf("Only %d of the %d accepted ApiKeys fit in %s (a Secret holds 1 MiB); "+
-			"the other %d are not Ready (reason BundleTooLarge) and do not work. Removals are still published. "+
-			"Lower spec.maxApiKeys or split the keys over more TokenPolicies.",
-			fit, len(entries), where, len(entries)-fit)
-	}
-	meta.SetStatusCondition(&p.Status.Conditions, ready)
-	res := ctrl.Result{RequeueAfter: requeueAt(pass.now, wakeups...)}
-	if w := pub.retryAfter; w > 0 && (res.RequeueAfter == 0 || w < res.RequeueAfter) {
-		res.RequeueAfter = w
-	}
-	return res, nil
+	return pub, len(entries), wakeups, nil
 }
 
-// published is what a bundle write put in front of the sidecars.
+// published is what a v1 bundle write put in front of the sidecars.
 type published struct {
 	// kept are the ApiKeys the bundle carries.
 	kept []*keygatev1.ApiKey
-	// shards are the names of the shard Secrets (none for a v1 bundle).
-	shards []string
-	// retryAfter is when shards left waiting by the additions' pace are due.
-	retryAfter time.Duration
 }
 
 // publishUnsharded writes the v1 bundle: every entry in one Secret, the
@@ -199,27 +217,42 @@ func packKeys(entries []bundle.Key, limit int, encode func([]bundle.Key) ([]byte
 	if err != nil {
 		return 0, nil, err
 	}
-	size, n := len(empty), 0
-	for i := range entries {
+	n, err := prefixFit(len(empty), limit, len(entries), func(i int) (int, error) {
 		e, err := json.Marshal(&entries[i])
 		if err != nil {
-			return 0, nil, fmt.Errorf("encode bundle entry: %w", err)
+			return 0, fmt.Errorf("encode bundle entry: %w", err)
 		}
-		add := len(e)
-		if i > 0 {
-			add++
-		}
-		if size+add > limit {
-			break
-		}
-		size += add
-		n++
+		return len(e), nil
+	})
+	if err != nil {
+		return 0, nil, err
 	}
 	data, err = enc(n)
 	if err == nil && len(data) > limit {
 		err = fmt.Errorf("bundle of %d keys is %d bytes, over %d: %w", n, len(data), limit, errBundleTooLarge)
 	}
 	return n, data, err
+}
+
+// prefixFit is how many of the first n entries fit in limit bytes after a
+// document of empty bytes: each entry adds its encoding's size (size(i)) and
+// one comma after the first.
+func prefixFit(empty, limit, n int, size func(i int) (int, error)) (int, error) {
+	total := empty
+	for i := range n {
+		add, err := size(i)
+		if err != nil {
+			return 0, err
+		}
+		if i > 0 {
+			add++
+		}
+		if total+add > limit {
+			return i, nil
+		}
+		total += add
+	}
+	return n, nil
 }
 
 // writeBundle creates the bundle Secret or replaces it when its bytes or its

@@ -2,12 +2,11 @@ package controllers
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -22,29 +21,84 @@ import (
 // shardWriters is how many shard Secrets one pass writes at once.
 const shardWriters = 8
 
+// ensureShardedBundle publishes a v2 bundle from the policy's shard state
+// (shardStates): after a full pass every shard is encoded, after an
+// incremental one only the shards whose keys changed.
+func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *policyPass, b *bundle.Bundle, count int) (shardsPublished, error) {
+	p := pass.policy
+	policyKey := client.ObjectKeyFromObject(p)
+	basis := shardBasis(p, count, pass.signing.HashKey)
+	st, changed := r.shardStates.take(policyKey, basis)
+	// Reading every key at once costs less than reading most of them one by
+	// one (a resync of the cache names them all).
+	if !r.incremental || (st != nil && (pass.now.Sub(st.built) >= fullPassEvery || len(changed) > len(st.keys)/4+64)) {
+		st = nil
+	}
+	if st != nil {
+		for _, name := range st.due(pass.now) {
+			if changed == nil {
+				changed = map[string]struct{}{}
+			}
+			changed[name] = struct{}{}
+		}
+		for name := range changed {
+			k, err := r.readKeyState(ctx, pass, name, count)
+			if err != nil {
+				r.shardStates.keep(policyKey, nil)
+				return shardsPublished{}, err
+			}
+			st.set(name, k)
+		}
+		if len(st.keys) > maxApiKeys(p) {
+			st = nil // over the limit: the admission order decides, over every shard
+		}
+	}
+	var limitCut *keygatev1.ApiKey
+	if st == nil {
+		var err error
+		if st, limitCut, err = r.fullShardState(ctx, pass, count, basis); err != nil {
+			r.shardStates.keep(policyKey, nil)
+			return shardsPublished{}, err
+		}
+	}
+	if limitCut == nil && r.incremental {
+		r.shardStates.keep(policyKey, st)
+	} else {
+		r.shardStates.keep(policyKey, nil)
+	}
+	return r.publishSharded(ctx, p, b, st, limitCut)
+}
+
+// shardsPublished is what a v2 bundle write put in front of the sidecars.
+type shardsPublished struct {
+	// kept are the keys the shards carry; over those left out for size.
+	kept, over int
+	// names are the shard Secrets.
+	names []string
+	// wake is when an entry next changes by itself.
+	wake time.Time
+	// retryAfter is when shards left waiting by the additions' pace are due.
+	retryAfter time.Duration
+}
+
 // publishSharded writes a v2 bundle: each entry in the shard its key ID
 // hashes to (the oldest of a shard that fit, when not all do), the shards
 // first and the index last, so that an index never names a shard that is
-// not written yet. A change to one key rewrites only its shard; the index
-// changes with the policy, the signing keys, the shard count or the limit
-// cut. The shard Secrets of another count are deleted afterwards
-// (deleteStaleShards). A shard whose only change is keys added waits while
-// the policy's additions are paced (additionPacer); every other change is
-// written at once. retryAfter is when the waiting shards are due.
+// not written yet. Only the shards of st marked dirty are encoded and
+// written; the index changes with the policy, the signing keys, the shard
+// count or the limit cut. The shard Secrets of another count are deleted
+// afterwards (deleteStaleShards). A shard whose only change is keys added
+// waits while the policy's additions are paced (additionPacer) and stays
+// dirty; every other change is written at once.
 func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1.TokenPolicy, b *bundle.Bundle,
-	entries []bundle.Key, owners []*keygatev1.ApiKey, limitCut *keygatev1.ApiKey, count int) (published, error) {
-	perShard := make([][]int, count) // indexes into entries, in admission order
-	for i := range entries {
-		s := bundle.ShardOf(entries[i].KeyID, count)
-		perShard[s] = append(perShard[s], i)
-	}
+	st *shardState, limitCut *keygatev1.ApiKey) (shardsPublished, error) {
+	count := len(st.shards)
 	names := bundle.ShardNames(p.Name, count)
 	hashKeyID := bundle.HashKeyID(b.HashKey)
 	policyKey := client.ObjectKeyFromObject(p)
 	wait := r.pacer.wait(policyKey)
 	var (
-		kept    []*keygatev1.ApiKey
-		pub     published
+		pub     shardsPublished
 		written atomic.Int64 // bytes
 	)
 	// The shards are independent of each other: written side by side, a
@@ -55,66 +109,69 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 	// 100,000 keys such conflicts fed each other, 34 in one run).
 	var g errgroup.Group
 	g.SetLimit(shardWriters)
-	for s, idx := range perShard {
-		shardEntries := make([]bundle.Key, len(idx))
-		shardOwners := make([]*keygatev1.ApiKey, len(idx))
-		for j, i := range idx {
-			shardEntries[j], shardOwners[j] = entries[i], owners[i]
+	for s, sh := range st.shards {
+		if !sh.dirty {
+			continue
 		}
+		keys := sh.ordered()
 		// Checked before the shard is encoded: while keys arrive in bulk,
 		// most passes find every shard waiting, and encode none.
 		if wait > 0 {
-			if held, ok := r.pacer.onlyAdds(ctx, r.Client, p, names[s], shardEntries); ok {
-				for _, o := range shardOwners {
-					if _, in := held[o.Name]; in {
-						kept = append(kept, o)
-					}
-				}
+			if held, ok := r.pacer.onlyAdds(ctx, r.Client, p, names[s], sh.members); ok {
+				sh.kept = held
 				pub.retryAfter = wait
 				continue
 			}
 		}
 		doc := &bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: s, HashKeyID: hashKeyID}
-		fit, data, err := packKeys(shardEntries, maxBundleBytes, func(keys []bundle.Key) ([]byte, error) {
-			doc.Keys = keys
-			return json.Marshal(doc)
-		})
+		fit, data, err := encodeShard(doc, keys, maxBundleBytes)
 		if err != nil {
-			return published{}, fmt.Errorf("shard %d: %w", s, err)
+			return shardsPublished{}, fmt.Errorf("shard %d: %w", s, err)
 		}
-		carried := shardEntries[:fit]
-		annotations := cutoffs{size: sizeCut(shardOwners, fit, len(shardOwners))}.annotations()
+		cuts := cutoffs{}
+		switch {
+		case fit == len(keys):
+		case fit == 0:
+			cuts.size = &cutoff{}
+		default:
+			cuts.size = &cutoff{created: keys[fit-1].created.UTC(), name: keys[fit-1].name}
+		}
+		annotations := cuts.annotations()
 		g.Go(func() error {
-			rv, wrote, err := r.writeBundle(ctx, p, names[s], data, annotations, map[string]string{bundle.LabelShard: strconv.Itoa(s)})
+			rv, wrote, err := r.writeBundle(ctx, p, names[s], data, annotations, shardLabel(s))
 			if err != nil {
 				return err
 			}
-			r.pacer.record(types.NamespacedName{Namespace: p.Namespace, Name: names[s]}, rv, carried)
+			r.pacer.record(types.NamespacedName{Namespace: p.Namespace, Name: names[s]}, rv, keys[:fit])
 			if wrote {
 				written.Add(int64(len(data)))
 			}
+			sh.dirty, sh.kept, sh.over = false, fit, len(keys)-fit
 			return nil
 		})
-		kept = append(kept, shardOwners[:fit]...)
 	}
 	err := g.Wait()
 	r.pacer.wrote(policyKey, written.Load())
 	if err != nil {
-		return published{}, err
+		return shardsPublished{}, err
+	}
+	for _, sh := range st.shards {
+		pub.kept += sh.kept
+		pub.over += sh.over
 	}
 	b.Version, b.Shards, b.Keys = bundle.FormatVersionV2, names, nil
 	if err := b.Validate(); err != nil {
-		return published{}, fmt.Errorf("build bundle index: %w", err)
+		return shardsPublished{}, fmt.Errorf("build bundle index: %w", err)
 	}
 	data, err := bundle.Marshal(b)
 	if err != nil {
-		return published{}, fmt.Errorf("encode bundle index: %w", err)
+		return shardsPublished{}, fmt.Errorf("encode bundle index: %w", err)
 	}
 	cuts := cutoffs{limit: cutAfter(limitCut)}
 	if _, _, err := r.writeBundle(ctx, p, bundle.SecretName(p.Name), data, cuts.annotations(), nil); err != nil {
-		return published{}, err
+		return shardsPublished{}, err
 	}
-	pub.kept, pub.shards = kept, names
+	pub.names, pub.wake = names, st.wake
 	return pub, nil
 }
 
