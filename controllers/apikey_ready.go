@@ -219,6 +219,30 @@ func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 	return v
 }
 
+// retire drops the view of s's version (a version before the current one,
+// once its update event has been compared): a worker asks only about the
+// version in the cache, so at 100,000 keys holding the version before of
+// every shard as well was some 30 MiB for nothing. Were it asked again, it
+// would be parsed again.
+func (c *bundleViews) retire(s *corev1.Secret) {
+	nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pair, ok := c.m[nn]
+	if !ok {
+		return
+	}
+	var kept [2]*bundleView
+	n := 0
+	for _, v := range pair {
+		if v != nil && v.resourceVersion != s.ResourceVersion {
+			kept[n] = v
+			n++
+		}
+	}
+	c.m[nn] = kept
+}
+
 // forget drops the views of a deleted Secret.
 func (c *bundleViews) forget(nn types.NamespacedName) {
 	c.mu.Lock()

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -13,9 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
@@ -129,3 +134,58 @@ func TestWritesFromTheTrimmedCacheLoseNothing(t *testing.T) {
 }
 
 func stringData(s string) *byte { return unsafe.StringData(s) }
+
+// After a bundle Secret's update event, only the new version's parsed view
+// is kept (the keys whose entry changed are queued from the comparison of
+// the two first).
+func TestBundleUpdateKeepsOneParsedVersion(t *testing.T) {
+	g := NewWithT(t)
+	shardSecret := func(rv string, secret string) *corev1.Secret {
+		doc := bundle.Shard{Version: bundle.ShardFormatVersion, Count: 1, Index: 0, HashKeyID: bundle.HashKeyID(make([]byte, 32)),
+			Keys: []bundle.Key{{Name: "k", KeyID: "apk-00000000000000000001", Secrets: []bundle.SecretDigest{{Digest: bundle.Digest(make([]byte, 32), secret), Version: 1}}}}}
+		data, err := json.Marshal(doc)
+		g.Expect(err).NotTo(HaveOccurred())
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: bundle.ShardName("p", 1, 0), ResourceVersion: rv,
+			Labels: map[string]string{keygatev1.LabelManagedBy: keygatev1.ManagedByValue, keygatev1.LabelTokenPolicy: "p", bundle.LabelShard: "0"}},
+			Data: map[string][]byte{bundle.SecretDataKey: data}}
+	}
+	r := &ApiKeyReconciler{}
+	h := bundleHandler{r}
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	old, cur := shardSecret("1", "a"), shardSecret("2", "b")
+	g.Expect(r.bundles.get(old)).NotTo(BeNil(), "the shard parses")
+	h.Update(context.Background(), event.TypedUpdateEvent[client.Object]{ObjectOld: old, ObjectNew: cur}, q)
+	g.Expect(q.Len()).To(Equal(1), "the key whose digest changed is queued")
+	pair := r.bundles.m[client.ObjectKeyFromObject(cur)]
+	g.Expect(pair[0]).NotTo(BeNil())
+	g.Expect(pair[0].resourceVersion).To(Equal("2"))
+	g.Expect(pair[1]).To(BeNil(), "the version before is not kept")
+}
+
+// The credentials memo keeps digests, not secrets, and one hash key ID
+// string for all its entries.
+func TestCredsMemoKeepsNoSecret(t *testing.T) {
+	g := NewWithT(t)
+	hashKey := make([]byte, hashKeyLength)
+	var m credsMemo
+	policy := types.NamespacedName{Namespace: "team", Name: "p"}
+	pass := m.begin(policy)
+	for i := range 3 {
+		_, s := cachedSample(i)
+		want := readCredentials(s)
+		c, digest := pass.read(s, hashKey)
+		g.Expect(c.Secret).To(BeEmpty())
+		g.Expect(c.KeyID).To(Equal(want.KeyID))
+		g.Expect(c.Intact).To(BeTrue())
+		g.Expect(digest).To(Equal(bundle.Digest(hashKey, want.Secret)))
+	}
+	m.end(policy, pass)
+	var ids []*byte
+	for _, e := range m.m[policy] {
+		ids = append(ids, stringData(e.hashKeyID))
+	}
+	g.Expect(ids).To(HaveLen(3))
+	g.Expect(ids[1]).To(BeIdenticalTo(ids[0]))
+	g.Expect(ids[2]).To(BeIdenticalTo(ids[0]))
+}

@@ -272,6 +272,7 @@ func (h bundleHandler) Update(ctx context.Context, e event.TypedUpdateEvent[clie
 		return
 	}
 	names, all := changedKeys(h.r.bundles.get(o), h.r.bundles.get(n))
+	h.r.bundles.retire(o)
 	if all {
 		h.all(ctx, n.Namespace, policy, q)
 		return

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"bytes"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +31,10 @@ type memoCreds struct {
 // for the next pass, what it does not read (Secrets gone) is dropped.
 type credsPass struct {
 	old, cur map[string]*memoCreds
+	// hashKey and hashKeyID are the last hash key read with and its ID, one
+	// string for all the entries digested with it.
+	hashKey   []byte
+	hashKeyID string
 }
 
 // begin starts a pass of policy.
@@ -58,21 +63,29 @@ func (m *credsMemo) forget(policy types.NamespacedName) {
 }
 
 // read returns the credentials of s and the digest of its current secret
-// with hashKey; nil when s is nil.
+// with hashKey; nil when s is nil. The credentials returned do not hold the
+// secret itself (Secret is empty): the memo keeps its digest, not a copy of
+// every key's secret (some 50 bytes a key more on the heap, and a secret
+// kept longer than needed); a new hash key re-reads it from s.
 func (p *credsPass) read(s *corev1.Secret, hashKey []byte) (*credentials, []byte) {
 	if s == nil {
 		return nil, nil
 	}
-	id := hashKeyID(hashKey)
+	if p.hashKeyID == "" || !bytes.Equal(p.hashKey, hashKey) {
+		p.hashKey, p.hashKeyID = hashKey, hashKeyID(hashKey)
+	}
+	id := p.hashKeyID
 	e := p.cur[s.Name]
 	if e == nil || e.resourceVersion != s.ResourceVersion {
 		e = p.old[s.Name]
 	}
 	if e == nil || e.resourceVersion != s.ResourceVersion {
 		e = &memoCreds{resourceVersion: s.ResourceVersion, creds: readCredentials(s)}
+		e.digest, e.hashKeyID = bundle.Digest(hashKey, e.creds.Secret), id
+		e.creds.Secret = ""
 	}
-	if e.digest == nil || e.hashKeyID != id {
-		e.hashKeyID, e.digest = id, bundle.Digest(hashKey, e.creds.Secret)
+	if e.hashKeyID != id {
+		e.hashKeyID, e.digest = id, bundle.Digest(hashKey, readCredentials(s).Secret)
 	}
 	p.cur[s.Name] = e
 	return &e.creds, e.digest
