@@ -28,10 +28,11 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	p := pass.policy
 	policyKey := client.ObjectKeyFromObject(p)
 	basis := shardBasis(p, count, pass.signing.HashKey)
-	st, changed := r.shardStates.take(policyKey, basis)
+	prev, valid, changed := r.shardStates.take(policyKey, basis)
+	st := prev
 	// Reading every key at once costs less than reading most of them one by
 	// one (a resync of the cache names them all).
-	if !r.incremental || (st != nil && (pass.now.Sub(st.built) >= fullPassEvery || len(changed) > len(st.keys)/4+64)) {
+	if !r.incremental || !valid || pass.now.Sub(st.built) >= fullPassEvery || len(changed) > len(st.keys)/4+64 {
 		st = nil
 	}
 	if st != nil {
@@ -56,15 +57,14 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	var limitCut *keygatev1.ApiKey
 	if st == nil {
 		var err error
-		if st, limitCut, err = r.fullShardState(ctx, pass, count, basis); err != nil {
+		if st, limitCut, err = r.fullShardState(ctx, pass, count, basis, prev); err != nil {
 			r.shardStates.keep(policyKey, nil)
 			return shardsPublished{}, err
 		}
 	}
-	if limitCut == nil && r.incremental {
+	st.limited = limitCut != nil
+	if r.incremental {
 		r.shardStates.keep(policyKey, st)
-	} else {
-		r.shardStates.keep(policyKey, nil)
 	}
 	return r.publishSharded(ctx, p, b, st, limitCut)
 }
