@@ -225,3 +225,65 @@ func packShardLikeBefore(entries []bundle.Key) ([]byte, error) {
 	})
 	return data, err
 }
+
+// While the additions' pace holds shards back, their new keys wait unbundled
+// (a retry is scheduled) but are not "too large": the TokenPolicy stays
+// Ready. A removal in a waiting shard is written at once, with its waiting
+// additions.
+func TestPacedAdditionsLeavePolicyReady(t *testing.T) {
+	g := NewWithT(t)
+	savedPerShard, savedRate := bundle.KeysPerShard, shardAdditionsBytesPerSecond.Load()
+	t.Cleanup(func() {
+		bundle.KeysPerShard = savedPerShard
+		shardAdditionsBytesPerSecond.Store(savedRate)
+	})
+	bundle.KeysPerShard = 10              // 4 shards for 40 keys
+	shardAdditionsBytesPerSecond.Store(1) // after the first write, additions wait for hours
+	r, m, pass := benchPolicy(t, 0)
+	pass.policy.Spec.MaxApiKeys = 40
+	ctx := context.Background()
+	for i := range 20 {
+		k := m.addKey(t, fmt.Sprintf("a%02d", i), pass.now.Add(time.Duration(i)*time.Second), pass.now)
+		r.touchApiKey("p", k)
+	}
+	_, err := r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pass.policy.Status.ApiKeys).To(BeEquivalentTo(20))
+
+	var added []*keygatev1.ApiKey
+	for i := range 8 {
+		k := m.addKey(t, fmt.Sprintf("b%02d", i), pass.now.Add(time.Hour+time.Duration(i)*time.Second), pass.now)
+		r.touchApiKey("p", k)
+		added = append(added, k)
+	}
+	writes := m.writes
+	res, err := r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(m.writes).To(Equal(writes), "every shard only gained keys: all wait")
+	g.Expect(res.RequeueAfter).To(BeNumerically(">", 0))
+	g.Expect(pass.policy.Status.ApiKeys).To(BeEquivalentTo(20))
+	c := meta.FindStatusCondition(pass.policy.Status.Conditions, keygatev1.ConditionReady)
+	g.Expect(c.Reason).To(Equal(keygatev1.ReasonBundleUpdated))
+
+	// Disable an old key: its shard is written at once, waiting keys included.
+	victim := m.keys[m.keyIndex["a00"]]
+	creds := readCredentials(m.secrets[credentialsSecretName(victim)])
+	shard := bundle.ShardOf(creds.KeyID, 4)
+	m.updateKey(m.keyIndex["a00"], func(k *keygatev1.ApiKey) { k.Spec.Disabled = true })
+	r.touchApiKey("p", victim)
+	_, err = r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	doc, err := bundle.ParseShard(m.secrets[bundle.ShardName("p", 4, shard)].Data[bundle.SecretDataKey])
+	g.Expect(err).NotTo(HaveOccurred())
+	var ids []string
+	for _, k := range doc.Keys {
+		ids = append(ids, k.KeyID)
+	}
+	g.Expect(ids).NotTo(ContainElement(creds.KeyID))
+	for _, k := range added {
+		id := readCredentials(m.secrets[credentialsSecretName(k)]).KeyID
+		if bundle.ShardOf(id, 4) == shard {
+			g.Expect(ids).To(ContainElement(id), "a waiting key goes along with the removal")
+		}
+	}
+}
