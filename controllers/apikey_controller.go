@@ -149,6 +149,7 @@ func (r *ApiKeyReconciler) ensureCredentials(ctx context.Context, pass *keyPass)
 	case !metav1.IsControlledBy(secret, key):
 		return ctrl.Result{}, r.secretConflict(key, name)
 	default:
+		unfoldCredentials(secret) // our copy: compared with and patched from below, as the server holds it
 		c := readCredentials(secret)
 		cur = &c
 	}

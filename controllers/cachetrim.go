@@ -38,7 +38,9 @@ func trimForCache(obj any) (any, error) {
 		trimApiKey(o)
 	case *corev1.Secret:
 		trimMeta(&o.ObjectMeta)
-		if len(o.Data) > 0 {
+		if isCredentialsSecret(o) {
+			foldCredentials(o)
+		} else if len(o.Data) > 0 {
 			data := make(map[string][]byte, len(o.Data))
 			for k, v := range o.Data {
 				data[interned.intern(k)] = v
@@ -142,4 +144,99 @@ func (in *interner) intern(s string) string {
 	}
 	in.m[s] = s
 	return s
+}
+
+// A credentials Secret is cached folded: its data entries are kept in its
+// annotations map, under keys no API object can have (they start with a NUL
+// byte, which annotation keys cannot hold), and its Data map is dropped; the
+// authorization entry, when it is the one its key ID and secret make, is
+// kept as a mark only. At 100,000 keys the Data map and the authorization
+// were a quarter of each cached credentials Secret. Readers of a cached
+// credentials Secret go through credentialsData (read only) or
+// unfoldCredentials (a copy of one's own, before anything is compared or
+// written), which give back exactly what the API server holds.
+const (
+	foldedDataPrefix     = "\x00data/"
+	foldedDerivedAuthKey = "\x00data-derived/" + CredentialsAuthorization
+)
+
+// isCredentialsSecret tells a credentials Secret by its labels.
+func isCredentialsSecret(s *corev1.Secret) bool {
+	return s.Labels[keygatev1.LabelManagedBy] == keygatev1.ManagedByValue && s.Labels[keygatev1.LabelApiKey] != ""
+}
+
+// foldCredentials folds the data of a credentials Secret into its
+// annotations (see foldedDataPrefix); other Secrets are left alone.
+func foldCredentials(s *corev1.Secret) {
+	if !isCredentialsSecret(s) || len(s.Data) == 0 || isFolded(s) {
+		return
+	}
+	annotations := make(map[string]string, len(s.Annotations)+len(s.Data))
+	for k, v := range s.Annotations {
+		annotations[interned.intern(k)] = v
+	}
+	derived := basicAuthorization(string(s.Data[CredentialsKeyID]), string(s.Data[CredentialsSecret]))
+	for k, v := range s.Data {
+		if k == CredentialsAuthorization && string(v) == derived {
+			annotations[foldedDerivedAuthKey] = ""
+			continue
+		}
+		annotations[interned.intern(foldedDataPrefix+k)] = string(v)
+	}
+	s.Annotations, s.Data = annotations, nil
+}
+
+// isFolded tells a Secret folded by foldCredentials.
+func isFolded(s *corev1.Secret) bool {
+	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok {
+		return true
+	}
+	for k := range s.Annotations {
+		if len(k) > 0 && k[0] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// credentialsData is the data entry k of a credentials Secret, folded or
+// not, without copying or changing s.
+func credentialsData(s *corev1.Secret, k string) string {
+	if v, ok := s.Data[k]; ok {
+		return string(v)
+	}
+	if v, ok := s.Annotations[foldedDataPrefix+k]; ok {
+		return v
+	}
+	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok && k == CredentialsAuthorization {
+		return basicAuthorization(credentialsData(s, CredentialsKeyID), credentialsData(s, CredentialsSecret))
+	}
+	return ""
+}
+
+// unfoldCredentials turns a folded Secret s, which must be the caller's own
+// copy (a cache read without UnsafeDisableDeepCopy), back into the form the
+// API server holds; a Secret not folded is left as it is.
+func unfoldCredentials(s *corev1.Secret) {
+	if s == nil || !isFolded(s) {
+		return
+	}
+	data := map[string][]byte{}
+	annotations := map[string]string{}
+	for k, v := range s.Annotations {
+		switch {
+		case k == foldedDerivedAuthKey:
+		case len(k) > len(foldedDataPrefix) && k[:len(foldedDataPrefix)] == foldedDataPrefix:
+			data[k[len(foldedDataPrefix):]] = []byte(v)
+		default:
+			annotations[k] = v
+		}
+	}
+	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok {
+		data[CredentialsAuthorization] = []byte(basicAuthorization(string(data[CredentialsKeyID]), string(data[CredentialsSecret])))
+	}
+	if len(annotations) == 0 {
+		annotations = nil
+	}
+	s.Annotations, s.Data = annotations, data
 }

@@ -66,6 +66,13 @@ func TestTrimForCacheKeepsEveryValue(t *testing.T) {
 	for _, c := range []struct{ got, want client.Object }{{key, wantKey}, {secret, wantSecret}, {cm, wantCM}} {
 		out, err := trimForCache(c.got)
 		g.Expect(err).NotTo(HaveOccurred())
+		if s, ok := out.(*corev1.Secret); ok {
+			g.Expect(s.Data).To(BeNil(), "a credentials Secret is cached folded")
+			g.Expect(readCredentials(s)).To(Equal(readCredentials(wantSecret)))
+			s = s.DeepCopy()
+			unfoldCredentials(s)
+			out = s
+		}
 		g.Expect(equality.Semantic.DeepEqual(out, c.want)).To(BeTrue(), "%T changed beyond managedFields and last-applied: %v", c.got, out)
 	}
 
@@ -74,10 +81,42 @@ func TestTrimForCacheKeepsEveryValue(t *testing.T) {
 	o, err := trimForCache(other)
 	g.Expect(err).NotTo(HaveOccurred())
 	other = o.(*corev1.Secret)
-	other.Labels["x"], other.Annotations["x"], other.Data["x"] = "y", "y", []byte("y")
+	other.Labels["x"], other.Annotations["x"] = "y", "y"
 	g.Expect(secret.Labels).NotTo(HaveKey("x"))
 	g.Expect(secret.Annotations).NotTo(HaveKey("x"))
-	g.Expect(secret.Data).NotTo(HaveKey("x"))
+}
+
+// Folding a credentials Secret for the cache loses nothing, whatever a hand
+// edit left in it: unfolded, it is the Secret the API server holds, and its
+// data reads the same folded or not.
+func TestFoldedCredentialsUnfoldExactly(t *testing.T) {
+	g := NewWithT(t)
+	variants := map[string]func(*corev1.Secret){
+		"as written":               func(*corev1.Secret) {},
+		"authorization edited":     func(s *corev1.Secret) { s.Data[CredentialsAuthorization] = []byte("Basic edited") },
+		"authorization removed":    func(s *corev1.Secret) { delete(s.Data, CredentialsAuthorization) },
+		"an entry added":           func(s *corev1.Secret) { s.Data["note"] = []byte("hand-made") },
+		"empty value":              func(s *corev1.Secret) { s.Data[CredentialsSecret] = []byte{} },
+		"no annotations":           func(s *corev1.Secret) { s.Annotations = nil },
+		"not a credentials Secret": func(s *corev1.Secret) { delete(s.Labels, keygatev1.LabelApiKey) },
+		"no data":                  func(s *corev1.Secret) { s.Data = nil },
+	}
+	for name, edit := range variants {
+		_, server := cachedSample(3)
+		server.ManagedFields = nil
+		edit(server)
+		cached := server.DeepCopy()
+		foldCredentials(cached)
+		if isCredentialsSecret(server) && len(server.Data) > 0 {
+			g.Expect(cached.Data).To(BeNil(), name)
+		}
+		for _, k := range []string{CredentialsKeyID, CredentialsSecret, CredentialsAuthorization, "note"} {
+			g.Expect(credentialsData(cached, k)).To(Equal(string(server.Data[k])), "%s: data %q", name, k)
+		}
+		g.Expect(readCredentials(cached)).To(Equal(readCredentials(server)), name)
+		unfoldCredentials(cached)
+		g.Expect(equality.Semantic.DeepEqual(cached, server)).To(BeTrue(), "%s: unfolded %v, want %v", name, cached, server)
+	}
 }
 
 // The interner shares equal strings and stops growing at its bound.
@@ -131,6 +170,17 @@ func TestWritesFromTheTrimmedCacheLoseNothing(t *testing.T) {
 	g.Expect(got.Previous).NotTo(BeNil(), "the previous secret's digest is kept for the grace period")
 	g.Expect(s.Labels).To(HaveKeyWithValue(keygatev1.LabelApiKey, "k"))
 	g.Expect(s.OwnerReferences).To(HaveLen(1))
+
+	// A hand edit of the authorization alone is seen through the folded
+	// cache and repaired.
+	s.Data[CredentialsAuthorization] = []byte("Basic aGFuZDplZGl0")
+	g.Expect(k8sClient.Update(context.Background(), s)).To(Succeed())
+	g.Eventually(func(g Gomega) string {
+		c, _ := getCreds(g, ns, "k-credentials")
+		return c.Authorization
+	}, timeout, interval).Should(Equal(basicAuthorization(c2.KeyID, c2.Secret)))
+	c3, _ := getCreds(g, ns, "k-credentials")
+	g.Expect(c3.Secret).To(Equal(c2.Secret), "the secret is kept")
 }
 
 func stringData(s string) *byte { return unsafe.StringData(s) }

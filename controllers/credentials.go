@@ -131,12 +131,13 @@ func hashKeyID(hashKey []byte) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// readCredentials parses a credentials Secret. It never fails: anything that
+// readCredentials parses a credentials Secret, as the API server holds it or
+// as the cache keeps it (foldCredentials). It never fails: anything that
 // does not add up makes the result not Intact.
 func readCredentials(s *corev1.Secret) credentials {
 	c := credentials{
-		KeyID:         string(s.Data[CredentialsKeyID]),
-		Secret:        string(s.Data[CredentialsSecret]),
+		KeyID:         credentialsData(s, CredentialsKeyID),
+		Secret:        credentialsData(s, CredentialsSecret),
 		RotateHandled: s.Annotations[annotationRotateHandled],
 	}
 	var err error
