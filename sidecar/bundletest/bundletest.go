@@ -155,3 +155,36 @@ func (f *Fixture) WriteFile(path string) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// AddScaleKeys adds n keys with random key IDs (apk- and 20 letters and
+// digits, like the operator's) and the given permissions, as a large policy
+// has them. Their secrets are not kept (Secrets has no entry for them).
+func (f *Fixture) AddScaleKeys(n int, perms []string) {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	raw := make([]byte, 20)
+	for i := range n {
+		_, _ = rand.Read(raw)
+		id := []byte("apk-")
+		for _, c := range raw {
+			id = append(id, alphabet[int(c)%len(alphabet)])
+		}
+		f.Bundle.Keys = append(f.Bundle.Keys, bundle.Key{Name: fmt.Sprintf("scale-%06d", i), KeyID: string(id), Permissions: perms,
+			Secrets: []bundle.SecretDigest{{Digest: bundle.Digest(f.Bundle.HashKey, string(raw)), Version: 1}}})
+	}
+}
+
+// Sharded returns the fixture as a v2 bundle of policy's count shards: the
+// index and the shard documents, as the operator writes them.
+func (f *Fixture) Sharded(policy string, count int) (bundle.Bundle, []bundle.Shard) {
+	index := f.Bundle
+	index.Version, index.Keys, index.Shards = bundle.FormatVersionV2, nil, bundle.ShardNames(policy, count)
+	docs := make([]bundle.Shard, count)
+	for i := range docs {
+		docs[i] = bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: i, HashKeyID: bundle.HashKeyID(f.Bundle.HashKey), Keys: []bundle.Key{}}
+	}
+	for _, k := range f.Bundle.Keys {
+		i := bundle.ShardOf(k.KeyID, count)
+		docs[i].Keys = append(docs[i].Keys, k)
+	}
+	return index, docs
+}

@@ -27,20 +27,27 @@ import (
 // and watch call reports its outcome to health, which is how an unreachable
 // API server is noticed (client-go retries refused watches silently).
 func namedInformer(client rest.Interface, resource, ns, name string, obj runtime.Object, health func(error)) cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(client, resource, ns, fields.OneTermEqualSelector("metadata.name", name))
-	observed := &cache.ListWatch{
+	return cache.NewSharedIndexInformer(namedListWatch(client, resource, ns, name, health), obj, 0, cache.Indexers{})
+}
+
+// namedListWatch lists and watches the one object ns/name of a resource (see
+// namedInformer); the watch reads its events with watchNamed.
+func namedListWatch(client rest.Interface, resource, ns, name string, health func(error)) *cache.ListWatch {
+	sel := fields.OneTermEqualSelector("metadata.name", name)
+	lw := cache.NewListWatchFromClient(client, resource, ns, sel)
+	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			out, err := lw.ListWithContextFunc(ctx, o)
 			health(err)
 			return out, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			out, err := lw.WatchFuncWithContext(ctx, o)
+			o.FieldSelector = sel.String()
+			out, err := watchNamed(ctx, client, resource, ns, o)
 			health(err)
 			return out, err
 		},
 	}
-	return cache.NewSharedIndexInformer(observed, obj, 0, cache.Indexers{})
 }
 
 // Kubernetes watches the bundle Secret and the revocations ConfigMap of one

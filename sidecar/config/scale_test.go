@@ -1,9 +1,7 @@
 package config
 
 import (
-	"crypto/rand"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -23,38 +21,20 @@ import (
 // scaleBundle is a sharded bundle of n keys as the operator writes it for a
 // policy with maxApiKeys n: the index Secret and the shard Secrets. Every key
 // has a random key ID and the same two permissions, like make bench-scale's.
-func scaleBundle(tb testing.TB, n int) (*bundletest.Fixture, *corev1.Secret, []*corev1.Secret, []bundle.Shard) {
+func scaleBundle(tb testing.TB, n int) (*corev1.Secret, []*corev1.Secret, []bundle.Shard) {
 	tb.Helper()
 	f := bundletest.New("EdDSA")
-	count := bundle.ShardCount(n)
-	docs := make([]bundle.Shard, count)
-	for i := range docs {
-		docs[i] = bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: i, HashKeyID: bundle.HashKeyID(f.Bundle.HashKey), Keys: []bundle.Key{}}
-	}
-	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-	raw := make([]byte, 20)
-	for i := range n {
-		_, _ = rand.Read(raw)
-		id := []byte("apk-")
-		for _, c := range raw {
-			id = append(id, alphabet[int(c)%len(alphabet)])
-		}
-		k := bundle.Key{Name: fmt.Sprintf("scale-%06d", i), KeyID: string(id), Permissions: []string{"charges:List", "reports:All"},
-			Secrets: []bundle.SecretDigest{{Digest: bundle.Digest(f.Bundle.HashKey, string(raw)), Version: 1}}}
-		s := bundle.ShardOf(k.KeyID, count)
-		docs[s].Keys = append(docs[s].Keys, k)
-	}
-	index := f.Bundle
-	index.Version, index.Keys, index.Shards = bundle.FormatVersionV2, nil, bundle.ShardNames("p", count)
+	f.AddScaleKeys(n, []string{"charges:List", "reports:All"})
+	index, docs := f.Sharded("p", bundle.ShardCount(n))
 	data, err := json.Marshal(&index)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	shards := make([]*corev1.Secret, count)
+	shards := make([]*corev1.Secret, len(docs))
 	for i := range docs {
 		shards[i] = shardSecret(tb, index.Shards[i], 1, &docs[i])
 	}
-	return f, bundleSecret("1", data), shards, docs
+	return bundleSecret("1", data), shards, docs
 }
 
 func shardSecret(tb testing.TB, name string, rv int, doc *bundle.Shard) *corev1.Secret {
@@ -102,7 +82,7 @@ func BenchmarkShardedBundle(b *testing.B) {
 	}
 	base := liveHeap()
 	k := &Kubernetes{Store: &Store{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	_, index, shards, docs := scaleBundle(b, n)
+	index, shards, docs := scaleBundle(b, n)
 	start := time.Now()
 	k.applySecret(index)
 	for _, s := range shards {

@@ -97,27 +97,35 @@ func (k *Kubernetes) stopShards() {
 	k.sharded = nil
 }
 
-// watchShard starts the watch of one shard Secret and returns its stop.
+// watchShard starts the watch of one shard Secret and returns its stop. It
+// is a list-and-watch without a store: each version received is applied and
+// dropped (an informer would keep the last one of each shard, 18 MiB at
+// 100,000 keys, beside the compiled keys).
 func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 	ctx, cancel := context.WithCancel(k.runCtx)
 	what := "Secret " + name
-	inf := namedInformer(k.Client, "secrets", k.Namespace, name, &corev1.Secret{}, func(err error) {
+	health := func(err error) {
 		if ctx.Err() == nil {
 			k.report(what, err)
-		}
-	})
-	on := func(obj any) {
-		if s, ok := obj.(*corev1.Secret); ok && s.Name == name {
-			k.applyShard(s)
 		}
 	}
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, obj any) { on(obj) }})
-	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		if ctx.Err() == nil {
-			k.report(what, err)
-		}
+	ctrl := cache.New(&cache.Config{
+		Queue:         cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KeyFunction: cache.MetaNamespaceKeyFunc}),
+		ListerWatcher: namedListWatch(k.Client, "secrets", k.Namespace, name, health),
+		ObjectType:    &corev1.Secret{},
+		Process: func(obj any, _ bool) error {
+			if d, ok := obj.(cache.Deltas); ok {
+				if last := d.Newest(); last != nil && last.Type != cache.Deleted {
+					if s, ok := last.Object.(*corev1.Secret); ok && s.Name == name {
+						k.applyShard(s)
+					}
+				}
+			}
+			return nil
+		},
+		WatchErrorHandlerWithContext: func(_ context.Context, _ *cache.Reflector, err error) { health(err) },
 	})
-	go inf.RunWithContext(ctx)
+	go ctrl.RunWithContext(ctx)
 	return cancel
 }
 
