@@ -18,10 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/config"
@@ -194,7 +192,6 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	var certs *servingcert.Source
 	var tlsStatus func() error
 	if *tlsCert != "" {
-		crlog.SetLogger(logr.FromSlogHandler(log.Handler()))
 		var err error
 		if certs, err = servingcert.New(*tlsCert, *tlsKey, servingcert.DefaultInterval); err != nil {
 			return err

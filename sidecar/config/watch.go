@@ -82,4 +82,3 @@ type readCloser struct {
 	io.Reader
 	io.Closer
 }
-

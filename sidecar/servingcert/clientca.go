@@ -9,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -114,27 +112,8 @@ func (c *ClientCAs) setErr(err error) {
 // and every interval besides, until ctx ends. Without file events (the
 // watcher failed to start) the poll alone keeps it current.
 func (c *ClientCAs) Start(ctx context.Context) error {
-	var events chan fsnotify.Event
-	var errs chan error
-	if w, err := fsnotify.NewWatcher(); err == nil {
-		defer func() { _ = w.Close() }()
-		if err := w.Add(filepath.Dir(c.file)); err == nil {
-			events, errs = w.Events, w.Errors
-		}
-	}
-	t := time.NewTicker(c.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-events:
-		case err := <-errs:
-			_ = err // events were lost: read the file anyway
-		case <-t.C:
-		}
-		_ = c.reload() // kept in Err
-	}
+	watchFiles(ctx, c.interval, func() { _ = c.reload() }, c.file) // kept in Err
+	return nil
 }
 
 // Err is the reason the file on disk was last refused (the previous CAs stay

@@ -1,6 +1,6 @@
 // Package servingcert is the sidecar's serving key pair: read from
 // --tls-cert-file and --tls-key-file and reloaded when they change
-// (controller-runtime's certwatcher: file events plus a poll), so a renewed
+// (file events plus a poll), so a renewed
 // certificate (cert-manager, a rotated Secret) takes effect for new
 // handshakes while open connections carry on. A pair that fails to load
 // keeps the last good one in force; Err reports the failure until a good
@@ -9,14 +9,18 @@ package servingcert
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 )
 
 // DefaultInterval is how often the files are read again besides file events
@@ -28,9 +32,10 @@ const DefaultInterval = 10 * time.Second
 type Source struct {
 	certFile, keyFile string
 	interval          time.Duration
-	cw                *certwatcher.CertWatcher
+	pair              atomic.Pointer[tls.Certificate]
 
 	mu  sync.Mutex
+	sum [sha256.Size]byte // of the files of the pair in force
 	err error
 }
 
@@ -42,40 +47,60 @@ func New(certFile, keyFile string, interval time.Duration) (*Source, error) {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
-	cw, err := certwatcher.New(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load TLS key pair %s, %s: %w", certFile, keyFile, err)
+	s := &Source{certFile: certFile, keyFile: keyFile, interval: interval}
+	if err := s.reload(); err != nil {
+		return nil, err
 	}
-	return &Source{certFile: certFile, keyFile: keyFile, interval: interval, cw: cw.WithWatchInterval(interval)}, nil
+	return s, nil
 }
 
-// Start watches the files until ctx ends.
-func (s *Source) Start(ctx context.Context) error {
-	go s.check(ctx)
-	return s.cw.Start(ctx)
-}
-
-// check records whether the pair on disk loads, for Err: certwatcher only
-// logs a refused pair.
-func (s *Source) check(ctx context.Context) {
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		_, err := tls.LoadX509KeyPair(s.certFile, s.keyFile)
-		if err == nil {
-			// A good pair on disk: make sure it is the one served before
-			// clearing the error (the watcher may not have read it yet).
-			err = s.cw.ReadCertificate()
-		}
+// reload reads both files; an unchanged pair is not parsed again. A pair
+// that fails to load leaves the one in force and is reported by Err.
+func (s *Source) reload() error {
+	cert, err := os.ReadFile(s.certFile)
+	var key []byte
+	if err == nil {
+		key, err = os.ReadFile(s.keyFile)
+	}
+	if err == nil {
+		h := sha256.New()
+		_, _ = h.Write(cert)
+		_, _ = h.Write(key)
+		var sum [sha256.Size]byte
+		h.Sum(sum[:0])
 		s.mu.Lock()
-		s.err = err
+		same := s.pair.Load() != nil && sum == s.sum
 		s.mu.Unlock()
+		if same {
+			s.setErr(nil)
+			return nil
+		}
+		var pair tls.Certificate
+		if pair, err = tls.X509KeyPair(cert, key); err == nil { // Leaf set (Go 1.23+)
+			s.mu.Lock()
+			s.pair.Store(&pair)
+			s.sum, s.err = sum, nil
+			s.mu.Unlock()
+			return nil
+		}
 	}
+	err = fmt.Errorf("load TLS key pair %s, %s: %w", s.certFile, s.keyFile, err)
+	s.setErr(err)
+	return err
+}
+
+func (s *Source) setErr(err error) {
+	s.mu.Lock()
+	s.err = err
+	s.mu.Unlock()
+}
+
+// Start reads the pair again on file events in the files' directories (a
+// Secret volume swaps a symlink there) and every interval besides, until ctx
+// ends.
+func (s *Source) Start(ctx context.Context) error {
+	watchFiles(ctx, s.interval, func() { _ = s.reload() }, s.certFile, s.keyFile)
+	return nil
 }
 
 // Err is the reason the pair on disk was last refused (the previous pair
@@ -87,8 +112,41 @@ func (s *Source) Err() error {
 }
 
 // GetCertificate is tls.Config's GetCertificate.
-func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return s.cw.GetCertificate(hello)
+func (s *Source) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.pair.Load(), nil
+}
+
+// watchFiles calls reload on every file event in the directories of files
+// and every interval besides, until ctx ends. Without file events (the
+// watcher failed to start) the poll alone keeps them current.
+func watchFiles(ctx context.Context, interval time.Duration, reload func(), files ...string) {
+	var events chan fsnotify.Event
+	var errs chan error
+	if w, err := fsnotify.NewWatcher(); err == nil {
+		defer func() { _ = w.Close() }()
+		added := 0
+		for _, f := range files {
+			if w.Add(filepath.Dir(f)) == nil {
+				added++
+			}
+		}
+		if added == len(files) {
+			events, errs = w.Events, w.Errors
+		}
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-events:
+		case err := <-errs:
+			_ = err // events were lost: read the files anyway
+		case <-t.C:
+		}
+		reload()
+	}
 }
 
 // TLSConfig is the listener's configuration: TLS 1.2 at least, Go's default
@@ -126,7 +184,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		refused = 1
 	}
 	ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.GaugeValue, refused)
-	if cert, _ := c.s.cw.GetCertificate(nil); cert != nil && cert.Leaf != nil {
+	if cert := c.s.pair.Load(); cert != nil && cert.Leaf != nil {
 		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(cert.Leaf.NotAfter.Unix()))
 	}
 }
