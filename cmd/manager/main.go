@@ -30,6 +30,7 @@ import (
 	"github.com/keygate-dev/keygate/controllers"
 	"github.com/keygate-dev/keygate/controllers/apicontact"
 	"github.com/keygate-dev/keygate/controllers/podinject"
+	"github.com/keygate-dev/keygate/internal/memorylimit"
 )
 
 // Client-side rate limit of the manager's API client (see --kube-api-qps).
@@ -80,7 +81,7 @@ func run(ctx context.Context, args []string) error {
 	if ctrlOpts.ApiKeyConcurrency <= 0 {
 		return fmt.Errorf("--apikey-concurrency (%d) must be positive", ctrlOpts.ApiKeyConcurrency)
 	}
-	memLimit, err := applyMemoryLimit(*memoryLimit)
+	memLimit, err := memorylimit.Apply(*memoryLimit)
 	if err != nil {
 		return err
 	}
@@ -170,7 +171,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
 	log.Info("Starting manager", "watchNamespaces", namespaces, "leaderElect", leaderElect, "injection", *enableInjection,
-		"kubeAPIQPS", cfg.QPS, "kubeAPIBurst", cfg.Burst, "memoryLimit", memoryLimitString(memLimit))
+		"kubeAPIQPS", cfg.QPS, "kubeAPIBurst", cfg.Burst, "memoryLimit", memorylimit.String(memLimit))
 	return start(ctx, mgr)
 }
 

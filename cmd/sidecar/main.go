@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/internal/memorylimit"
 	"github.com/keygate-dev/keygate/sidecar/config"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 	"github.com/keygate-dev/keygate/sidecar/server"
@@ -96,6 +97,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
 	tlsClientCA := fs.String("tls-client-ca-file", "", "require client certificates signed by these PEM CAs on the TLS listener, reloaded on change; the verified subject goes to the workload in "+server.HeaderClientCertSubject+" (needs --tls-cert-file)")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
+	memoryLimit := fs.String("memory-limit", "auto", "soft memory limit of the Go runtime (GOMEMLIMIT): auto (GOMEMLIMIT if set, else 90% of the container's memory limit, else none), none, or a quantity such as 48Mi (docs/sidecar.md)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -133,6 +135,10 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 		problems = append(problems, errors.New("--revocations-file needs --bundle-file"))
 	}
 	if err := errors.Join(problems...); err != nil {
+		return err
+	}
+	memLimit, err := memorylimit.Apply(*memoryLimit)
+	if err != nil {
 		return err
 	}
 
@@ -264,7 +270,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	if listening != nil {
 		listening(mainLn.Addr(), adminLn.Addr())
 	}
-	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "tls", certs != nil, "clientCerts", clientCAs != nil, "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile)
+	log.Info("Started sidecar", "listen", mainLn.Addr().String(), "tls", certs != nil, "clientCerts", clientCAs != nil, "admin", adminLn.Addr().String(), "upstream", upstream.Host, "policy", *policy, "bundleFile", *bundleFile, "memoryLimit", memorylimit.String(memLimit))
 
 	select {
 	case err := <-errc:

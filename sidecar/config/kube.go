@@ -74,6 +74,8 @@ type Kubernetes struct {
 	sharded *shardedState
 	// runCtx is Run's context, under which shard watches run.
 	runCtx context.Context
+	// shardLists bounds the shard lists in flight (shardListsAtOnce).
+	shardLists chan struct{}
 }
 
 // report records the outcome of one list or watch call of what and passes
@@ -108,6 +110,7 @@ func (k *Kubernetes) report(what string, err error) {
 func (k *Kubernetes) Run(ctx context.Context) error {
 	k.applyMu.Lock()
 	k.runCtx = ctx
+	k.shardLists = make(chan struct{}, shardListsAtOnce)
 	k.applyMu.Unlock()
 	secretName := bundle.SecretName(k.Policy)
 	cmName := bundle.RevocationsConfigMapName(k.Policy)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/keygate-dev/keygate/api/bundle"
@@ -97,6 +99,12 @@ func (k *Kubernetes) stopShards() {
 	k.sharded = nil
 }
 
+// shardListsAtOnce is how many shard Secrets are listed at once: when a
+// sidecar starts, its 64 shard watches (100,000 keys) would otherwise each
+// hold a response and a decoded Secret of some 280 KiB at the same moment,
+// while the shards are applied one at a time anyway.
+const shardListsAtOnce = 4
+
 // watchShard starts the watch of one shard Secret and returns its stop. It
 // is a list-and-watch without a store: each version received is applied and
 // dropped (an informer would keep the last one of each shard, 18 MiB at
@@ -109,9 +117,20 @@ func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 			k.report(what, err)
 		}
 	}
+	lw := namedListWatch(k.Client, "secrets", k.Namespace, name, health)
+	list := lw.ListWithContextFunc
+	lw.ListWithContextFunc = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		select {
+		case k.shardLists <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-k.shardLists }()
+		return list(ctx, o)
+	}
 	ctrl := cache.New(&cache.Config{
 		Queue:         cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KeyFunction: cache.MetaNamespaceKeyFunc}),
-		ListerWatcher: namedListWatch(k.Client, "secrets", k.Namespace, name, health),
+		ListerWatcher: lw,
 		ObjectType:    &corev1.Secret{},
 		Process: func(obj any, _ bool) error {
 			if d, ok := obj.(cache.Deltas); ok {

@@ -1,4 +1,6 @@
-package main
+// Package memorylimit sets the Go runtime's soft memory limit from a
+// --memory-limit flag (the manager's and the sidecar's).
+package memorylimit
 
 import (
 	"errors"
@@ -15,7 +17,7 @@ import (
 // runtime does not count (the binary, thread stacks in C, the page cache).
 const memoryLimitRatio = 0.9
 
-// applyMemoryLimit sets the Go runtime's soft memory limit (GOMEMLIMIT) from
+// Apply sets the Go runtime's soft memory limit (GOMEMLIMIT) from
 // --memory-limit and returns it (math.MaxInt64 for none):
 //
 //   - "auto" (the default): GOMEMLIMIT when it is set, else 90 % of the
@@ -26,8 +28,8 @@ const memoryLimitRatio = 0.9
 // Without a limit the garbage collector lets the heap grow to twice what is
 // live (GOGC=100): at 100,000 keys that took the manager's RSS to 1.9 GiB
 // for some 600 MiB live (make bench-scale), and a container limited below
-// that is killed. With one it collects more often as the heap nears it.
-func applyMemoryLimit(value string) (int64, error) {
+// that is killed (docs/operator.md, "Memory"; docs/sidecar.md). With one it collects more often as the heap nears it.
+func Apply(value string) (int64, error) {
 	switch value {
 	case "auto", "":
 		limit, err := memlimit.Set(memlimit.WithRatio(memoryLimitRatio), memlimit.WithProvider(memlimit.FromCgroup))
@@ -49,8 +51,8 @@ func applyMemoryLimit(value string) (int64, error) {
 	return q.Value(), nil
 }
 
-// memoryLimitString is a limit for the log: none, or a quantity.
-func memoryLimitString(limit int64) string {
+// String is a limit for the log: none, or a quantity.
+func String(limit int64) string {
 	if limit == math.MaxInt64 {
 		return "none"
 	}

@@ -1,4 +1,4 @@
-package main
+package memorylimit
 
 import (
 	"math"
@@ -22,7 +22,7 @@ func TestMemoryLimitFlag(t *testing.T) {
 		{"1G", 1e9},
 		{"none", math.MaxInt64},
 	} {
-		got, err := applyMemoryLimit(c.flag)
+		got, err := Apply(c.flag)
 		if err != nil {
 			t.Fatalf("--memory-limit=%s: %v", c.flag, err)
 		}
@@ -31,7 +31,7 @@ func TestMemoryLimitFlag(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"lots", "-1Mi", "0"} {
-		if _, err := applyMemoryLimit(bad); err == nil {
+		if _, err := Apply(bad); err == nil {
 			t.Errorf("--memory-limit=%s accepted", bad)
 		}
 	}
@@ -43,7 +43,7 @@ func TestMemoryLimitAutoKeepsGOMEMLIMIT(t *testing.T) {
 	restoreMemoryLimit(t)
 	t.Setenv("GOMEMLIMIT", "300MiB")
 	debug.SetMemoryLimit(300 << 20)
-	got, err := applyMemoryLimit("auto")
+	got, err := Apply("auto")
 	if err != nil {
 		t.Fatal(err)
 	}
