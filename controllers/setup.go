@@ -349,14 +349,15 @@ func policyOfCredentials(o client.Object) (string, bool) {
 
 // bundleSecretEvent tells whether an event of a Secret the policy owns
 // needs a pass: not the watch event of a bundle write this process just made.
-// A bundle Secret (index or shard) changed by anyone else makes the next
-// pass of its policy a full one, which writes every shard again.
+// A bundle Secret changed or deleted by anyone else is noted, so that the
+// next pass of its policy encodes it again (an incremental pass encodes only
+// the shards whose keys changed).
 func (r *TokenPolicyReconciler) bundleSecretEvent(o client.Object) bool {
 	if r.isOwnBundleWrite(o) {
 		return false
 	}
 	if policy, ok := bundlePolicy(o); ok {
-		r.shardStates.invalidate(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy})
+		r.shardStates.changedBundleSecret(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy}, o.GetName())
 	}
 	return true
 }

@@ -287,3 +287,32 @@ func TestPacedAdditionsLeavePolicyReady(t *testing.T) {
 		}
 	}
 }
+
+// A shard Secret changed by someone else is written back by the next pass,
+// incremental though it is: the watch event names it.
+func TestShardChangedByOthersIsRewritten(t *testing.T) {
+	g := NewWithT(t)
+	saved := bundle.KeysPerShard
+	t.Cleanup(func() { bundle.KeysPerShard = saved })
+	bundle.KeysPerShard = 10 // 4 shards for 40 keys
+	r, m, pass := benchPolicy(t, 0)
+	pass.policy.Spec.MaxApiKeys = 40
+	ctx := context.Background()
+	for i := range 20 {
+		r.touchApiKey("p", m.addKey(t, fmt.Sprintf("a%02d", i), pass.now.Add(time.Duration(i)*time.Second), pass.now))
+	}
+	_, err := r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	name := bundle.ShardName("p", 4, 1)
+	want := m.secrets[name].Data[bundle.SecretDataKey]
+
+	tampered := m.secrets[name].DeepCopy()
+	tampered.Data[bundle.SecretDataKey] = []byte(`{"version":"keygate.dev/bundle-shard/v2","count":4,"index":1,"hashKeyID":"00","keys":[]}`)
+	m.mu.Lock()
+	m.store(tampered)
+	m.mu.Unlock()
+	g.Expect(r.bundleSecretEvent(m.secrets[name])).To(BeTrue(), "not this process's write: a pass is queued")
+	_, err = r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(m.secrets[name].Data[bundle.SecretDataKey])).To(Equal(string(want)))
+}

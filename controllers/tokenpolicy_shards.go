@@ -28,7 +28,7 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	p := pass.policy
 	policyKey := client.ObjectKeyFromObject(p)
 	basis := shardBasis(p, count, pass.signing.HashKey)
-	prev, valid, changed := r.shardStates.take(policyKey, basis)
+	prev, valid, changed, rewrite := r.shardStates.take(policyKey, basis)
 	st := prev
 	// Reading every key at once costs less than reading most of them one by
 	// one (a resync of the cache names them all).
@@ -52,6 +52,13 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 		}
 		if len(st.keys) > maxApiKeys(p) {
 			st = nil // over the limit: the admission order decides, over every shard
+		}
+	}
+	if st != nil {
+		for i, name := range bundle.ShardNames(p.Name, count) {
+			if _, ok := rewrite[name]; ok {
+				st.shards[i].dirty = true
+			}
 		}
 	}
 	var limitCut *keygatev1.ApiKey

@@ -42,8 +42,9 @@ type shardStates struct {
 	m  map[types.NamespacedName]*shardState
 	// dirty is, per policy, the ApiKeys changed since a pass last took them.
 	dirty map[types.NamespacedName]map[string]struct{}
-	// stale are the policies whose next pass must be a full one.
-	stale map[types.NamespacedName]bool
+	// rewrite is, per policy, its bundle Secrets changed by someone else
+	// since a pass last took them: their next pass writes them again.
+	rewrite map[types.NamespacedName]map[string]struct{}
 }
 
 // shardState is what the passes of one sharded policy built.
@@ -200,31 +201,36 @@ func (sh *shardSet) ordered() []*keyState {
 }
 
 // take hands a pass of policy its state (nil when there is none, or its
-// basis is not basis), whether the pass may build on it alone (false when
-// something invalidated it: a full pass may still reuse its entries), and
-// the keys changed since the last pass.
-func (s *shardStates) take(policy types.NamespacedName, basis string) (st *shardState, valid bool, changed map[string]struct{}) {
+// basis is not basis), whether the pass may build on it alone (false while
+// the policy is over its key limit: a full pass may still reuse its
+// entries), the keys changed since the last pass and the bundle Secrets
+// someone else changed.
+func (s *shardStates) take(policy types.NamespacedName, basis string) (st *shardState, valid bool, changed, rewrite map[string]struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	changed = s.dirty[policy]
+	changed, rewrite = s.dirty[policy], s.rewrite[policy]
 	delete(s.dirty, policy)
+	delete(s.rewrite, policy)
 	st = s.m[policy]
 	if st != nil && st.basis != basis {
 		st = nil
 	}
-	valid = st != nil && !st.limited && !s.stale[policy]
-	delete(s.stale, policy)
-	return st, valid, changed
+	return st, st != nil && !st.limited, changed, rewrite
 }
 
-// invalidate makes the next pass of policy a full one.
-func (s *shardStates) invalidate(policy types.NamespacedName) {
+// changedBundleSecret notes that someone else changed (or deleted) bundle
+// Secret name of policy: its next pass encodes that shard again and writes
+// it where it differs.
+func (s *shardStates) changedBundleSecret(policy types.NamespacedName, name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stale == nil {
-		s.stale = map[types.NamespacedName]bool{}
+	if s.rewrite == nil {
+		s.rewrite = map[types.NamespacedName]map[string]struct{}{}
 	}
-	s.stale[policy] = true
+	if s.rewrite[policy] == nil {
+		s.rewrite[policy] = map[string]struct{}{}
+	}
+	s.rewrite[policy][name] = struct{}{}
 }
 
 // keep stores the state a pass of policy leaves; nil drops it (the next
@@ -266,7 +272,7 @@ func (s *shardStates) forget(policy types.NamespacedName) {
 	defer s.mu.Unlock()
 	delete(s.m, policy)
 	delete(s.dirty, policy)
-	delete(s.stale, policy)
+	delete(s.rewrite, policy)
 }
 
 // shardBasis is what every shard of a policy depends on besides its keys.
@@ -326,6 +332,14 @@ func (r *TokenPolicyReconciler) readKeyState(ctx context.Context, pass *policyPa
 	if s != nil && (s.Labels[keygatev1.LabelTokenPolicy] != p.Name || s.Labels[keygatev1.LabelApiKey] == "") {
 		s = nil
 	}
+	return keyStateOf(key, s, pass, count)
+}
+
+// keyStateOf parses credentials Secret s (nil: none) of an eligible key and
+// makes its state. The shard state keeps each key's entry for as long as its
+// ApiKey and Secret stay at the same versions, so the credentials memo
+// (credsMemo) of the unsharded bundle is not needed here.
+func keyStateOf(key *keygatev1.ApiKey, s *corev1.Secret, pass *policyPass, count int) (*keyState, error) {
 	var c *credentials
 	var digest []byte
 	if s != nil {
@@ -359,8 +373,7 @@ func (r *TokenPolicyReconciler) fullShardState(ctx context.Context, pass *policy
 	}
 	adm := admitOrdered(keys.Items, p, pass.now)
 	st := newShardState(basis, pass.now, count)
-	policyKey := client.ObjectKeyFromObject(p)
-	memo := r.creds.begin(policyKey)
+	r.creds.forget(client.ObjectKeyFromObject(p)) // a policy that was unsharded
 	for _, key := range adm.accepted {
 		s := byName[credentialsSecretName(key)]
 		if prev != nil {
@@ -369,14 +382,12 @@ func (r *TokenPolicyReconciler) fullShardState(ctx context.Context, pass *policy
 				continue
 			}
 		}
-		c, digest := memo.read(s, pass.signing.HashKey)
-		ks, err := newKeyState(key, s, c, digest, pass.signing.HashKey, count, pass.now)
+		ks, err := keyStateOf(key, s, pass, count)
 		if err != nil {
 			return nil, nil, err
 		}
 		st.set(key.Name, ks)
 	}
-	r.creds.end(policyKey, memo)
 	return st, adm.limitCut, nil
 }
 
