@@ -37,6 +37,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
@@ -291,6 +292,8 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 	ctx, cancel = context.WithTimeout(context.Background(), sampleBudget)
 	defer cancel()
 	var lat []time.Duration
+	shardWrites := watchShardWrites(ctx, b, cfg, ns)
+	var toShard, fromShard []time.Duration // change → shard written, shard written → refused
 	for i := 0; i < r.n && len(lat) < numSamples; i += max(r.n/numSamples, 1) {
 		key := &keygatev1.ApiKey{}
 		must(b, c.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("key-%06d", i)}, key))
@@ -315,12 +318,70 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 				r.n, key.Name, code, time.Since(t0).Round(time.Millisecond))
 			break
 		}
-		lat = append(lat, time.Since(t0))
+		refused := time.Now()
+		lat = append(lat, refused.Sub(t0))
+		if count := bundle.ShardCount(r.n); count > 0 {
+			if at, ok := shardWrites.firstAfter(bundle.ShardName(policyName, count, bundle.ShardOf(user, count)), t0); ok && !at.After(refused) {
+				toShard, fromShard = append(toShard, at.Sub(t0)), append(fromShard, refused.Sub(at))
+			}
+		}
 	}
 	slices.Sort(lat)
 	r.samples = len(lat)
 	r.p50, r.p99 = percentile(lat, 50), percentile(lat, 99)
+	if len(toShard) > 0 {
+		slices.Sort(toShard)
+		slices.Sort(fromShard)
+		fmt.Printf("  N=%d: of change→sidecar (%d samples), change→its shard written (seen by the benchmark's watch) p50 %v / p99 %v, "+
+			"then →sidecar refuses p50 %v / p99 %v\n", r.n, len(toShard),
+			percentile(toShard, 50).Round(time.Millisecond), percentile(toShard, 99).Round(time.Millisecond),
+			percentile(fromShard, 50).Round(time.Millisecond), percentile(fromShard, 99).Round(time.Millisecond))
+	}
 	r.managerRSS, r.sidecarRSS = mgr.peakRSSMiB(b), sc.peakRSSMiB(b)
+}
+
+// shardWriteTimes records when a watch saw each bundle shard Secret written.
+type shardWriteTimes struct {
+	mu sync.Mutex
+	at map[string][]time.Time
+}
+
+// firstAfter is the first time shard name was seen written after t.
+func (s *shardWriteTimes) firstAfter(name string, t time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, at := range s.at[name] {
+		if at.After(t) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// watchShardWrites watches the bundle shards of namespace ns from now on
+// (until ctx ends), to split a change's way to the sidecar into the
+// operator's part and the sidecar's.
+func watchShardWrites(ctx context.Context, b *testing.B, cfg *rest.Config, ns string) *shardWriteTimes {
+	cs, err := kubernetes.NewForConfig(cfg)
+	must(b, err)
+	sel := metav1.ListOptions{LabelSelector: bundle.LabelShard}
+	list, err := cs.CoreV1().Secrets(ns).List(ctx, sel)
+	must(b, err)
+	sel.ResourceVersion = list.ResourceVersion
+	w, err := cs.CoreV1().Secrets(ns).Watch(ctx, sel)
+	must(b, err)
+	out := &shardWriteTimes{at: map[string][]time.Time{}}
+	go func() {
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			if s, ok := ev.Object.(*corev1.Secret); ok {
+				out.mu.Lock()
+				out.at[s.Name] = append(out.at[s.Name], time.Now())
+				out.mu.Unlock()
+			}
+		}
+	}()
+	return out
 }
 
 // waitSettled waits until every key is Ready or left out of a full bundle,
