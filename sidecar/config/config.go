@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,7 +65,7 @@ type Runtime struct {
 	// keys are the compiled keys: one table for a v1 bundle, one per shard
 	// (in the index's order) for a sharded one, where a key is in the table
 	// bundle.ShardOf its key ID names. A shard's change swaps one table.
-	keys     []map[string]*Key
+	keys     []keyTable
 	keyCount int
 	// keyLimit is the request limit of a key without its own: the policy's.
 	keyLimit quota.Limit
@@ -117,9 +118,32 @@ type Client struct {
 // allocates.
 func (rt *Runtime) Key(keyID string) *Key {
 	if len(rt.keys) == 1 {
-		return rt.keys[0][keyID]
+		return rt.keys[0].find(keyID)
 	}
-	return rt.keys[bundle.ShardOf(keyID, len(rt.keys))][keyID]
+	return rt.keys[bundle.ShardOf(keyID, len(rt.keys))].find(keyID)
+}
+
+// keyTable is the compiled keys of a shard (or of a v1 bundle) sorted by
+// key ID, found by binary search: a shard of 1,600 keys takes 11 string
+// comparisons, and the table costs nothing beyond the keys themselves (a
+// map's slots were 3.3 MiB at 100,000 keys).
+type keyTable []Key
+
+// find returns the key of keyID, or nil.
+func (t keyTable) find(keyID string) *Key {
+	lo, hi := 0, len(t)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if t[m].KeyID < keyID {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo < len(t) && t[lo].KeyID == keyID {
+		return &t[lo]
+	}
+	return nil
 }
 
 // KeyCount is the number of keys in force.
@@ -135,7 +159,7 @@ func (rt *Runtime) KeyLimit(k *Key) quota.Limit {
 }
 
 // withKeys returns a copy of rt with the given key tables (one per shard).
-func (rt *Runtime) withKeys(tables []map[string]*Key) *Runtime {
+func (rt *Runtime) withKeys(tables []keyTable) *Runtime {
 	next := *rt
 	next.keys, next.keyCount = tables, 0
 	for _, t := range tables {
@@ -242,7 +266,7 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	rt.keys, rt.keyCount = []map[string]*Key{keys}, len(keys)
+	rt.keys, rt.keyCount = []keyTable{keys}, len(keys)
 	rt.DummyDigest = make([]byte, sha256.Size)
 	_, _ = rand.Read(rt.DummyDigest)
 	if err := errors.Join(errs...); err != nil {
@@ -256,10 +280,11 @@ func CompileBundle(b *bundle.Bundle) (*Runtime, error) {
 // without its own rate limit has the policy's through Runtime.KeyLimit), so
 // a shard compiled once serves every index of its generation. Keys with the
 // same permissions share one PermSet, and the keys are allocated together.
-func compileKeys(keys []bundle.Key) (map[string]*Key, error) {
+// Key IDs are unique (bundle.Parse and ParseShard refuse a document where
+// one is not).
+func compileKeys(keys []bundle.Key) (keyTable, error) {
 	var errs []error
-	out := make(map[string]*Key, len(keys))
-	slab := make([]Key, len(keys))
+	slab := make(keyTable, len(keys))
 	n := 0
 	for _, k := range keys {
 		n += len(k.Secrets)
@@ -304,9 +329,9 @@ func compileKeys(keys []bundle.Key) (map[string]*Key, error) {
 			ck.Clients[c.Key] = &Client{Key: c.Key, Perms: authz.NewPermissions(list), PermList: list, PermHeader: strings.Join(list, ","),
 				RateLimit: Limit(c.RateLimit)}
 		}
-		out[k.KeyID] = ck
 	}
-	return out, errors.Join(errs...)
+	slices.SortFunc(slab, func(a, b Key) int { return strings.Compare(a.KeyID, b.KeyID) })
+	return slab, errors.Join(errs...)
 }
 
 // Limit is the quota form of a bundle rate limit; nil is the zero (off) limit.

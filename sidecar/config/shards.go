@@ -48,7 +48,7 @@ type shardState struct {
 	sum             [sha256.Size]byte
 	count, index    int
 	hashKeyID       string
-	keys            map[string]*Key
+	keys            keyTable
 }
 
 // matches is bundle.Shard.Matches for the shard as held.
@@ -188,7 +188,7 @@ func (k *Kubernetes) assemble() {
 	st := k.sharded
 	fp := sha256.New()
 	fp.Write(st.indexSum[:])
-	tables := make([]map[string]*Key, len(st.index.Shards))
+	tables := make([]keyTable, len(st.index.Shards))
 	for i, name := range st.index.Shards {
 		sh := st.shards[name]
 		if sh == nil || !sh.matches(st, i) {

@@ -47,8 +47,8 @@ func shardSecrets(t *testing.T, f *bundletest.Fixture, count int, rv int) (*core
 func keyIDs(rt *Runtime) []string {
 	var out []string
 	for _, t := range rt.keys {
-		for id := range t {
-			out = append(out, id)
+		for i := range t {
+			out = append(out, t[i].KeyID)
 		}
 	}
 	slices.Sort(out)
@@ -157,5 +157,31 @@ func TestShardedBundleGenerations(t *testing.T) {
 	k.applySecret(bundleSecret("40", f.JSON()))
 	if got := k.Store.Load(); got.Key(gone) != nil || got.KeyCount() != len(all)-1 || k.sharded != nil {
 		t.Fatalf("v1 again: %d keys, sharded state %v", got.KeyCount(), k.sharded != nil)
+	}
+}
+
+// A key table finds every key whatever the order of the document's entries,
+// and nothing for an ID between, before or after them.
+func TestKeyTableFind(t *testing.T) {
+	var keys []bundle.Key
+	for _, id := range []string{"apk-m", "apk-c", "apk-x", "apk-a", "apk-q"} {
+		keys = append(keys, bundle.Key{KeyID: id, Secrets: []bundle.SecretDigest{{Digest: make([]byte, 32), Version: 1}}})
+	}
+	table, err := compileKeys(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if got := table.find(k.KeyID); got == nil || got.KeyID != k.KeyID {
+			t.Fatalf("find(%s) = %v", k.KeyID, got)
+		}
+	}
+	for _, id := range []string{"apk-0", "apk-b", "apk-n", "apk-z", "", "apk-"} {
+		if got := table.find(id); got != nil {
+			t.Fatalf("find(%q) = %s", id, got.KeyID)
+		}
+	}
+	if (keyTable{}).find("apk-a") != nil {
+		t.Fatal("an empty table found a key")
 	}
 }
