@@ -99,10 +99,10 @@ func (k *Kubernetes) stopShards() {
 	k.sharded = nil
 }
 
-// shardListsAtOnce is how many shard Secrets are listed at once: when a
-// sidecar starts, its 64 shard watches (100,000 keys) would otherwise each
-// hold a response and a decoded Secret of some 280 KiB at the same moment,
-// while the shards are applied one at a time anyway.
+// shardListsAtOnce is how many shard Secrets are listed (and applied) at
+// once: when a sidecar starts, its 64 shard watches (100,000 keys) would
+// otherwise each hold a response and a decoded Secret of some 280 KiB at the
+// same moment, while the shards are applied one at a time anyway.
 const shardListsAtOnce = 4
 
 // watchShard starts the watch of one shard Secret and returns its stop. It
@@ -126,11 +126,23 @@ func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 			return nil, ctx.Err()
 		}
 		defer func() { <-k.shardLists }()
-		return list(ctx, o)
+		out, err := list(ctx, o)
+		// Applied here, while the slot is held, and handed on empty: the
+		// watch that follows starts from the list's resourceVersion, and
+		// its events are applied as they come (Process).
+		if l, ok := out.(*corev1.SecretList); ok && err == nil {
+			for i := range l.Items {
+				if l.Items[i].Name == name {
+					k.applyShard(&l.Items[i])
+				}
+			}
+			l.Items = nil
+		}
+		return out, err
 	}
 	ctrl := cache.New(&cache.Config{
 		Queue:         cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KeyFunction: cache.MetaNamespaceKeyFunc}),
-		ListerWatcher: lw,
+		ListerWatcher: listThenWatch{lw},
 		ObjectType:    &corev1.Secret{},
 		Process: func(obj any, _ bool) error {
 			if d, ok := obj.(cache.Deltas); ok {
@@ -212,6 +224,14 @@ func (k *Kubernetes) assemble() {
 	rt.LoadedAt = time.Now()
 	k.install(st.indexName, rt)
 }
+
+// listThenWatch makes a reflector list and then watch (client-go otherwise
+// streams the initial state through the watch, WatchListClient), so that a
+// starting sidecar's shards are read and applied a few at a time, in the
+// list (watchShard).
+type listThenWatch struct{ *cache.ListWatch }
+
+func (listThenWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // probeShards reads the named shards with GET (see probe).
 func (k *Kubernetes) probeShards(ctx context.Context) {
