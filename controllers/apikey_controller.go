@@ -76,7 +76,13 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		return ctrl.Result{}, nil // the garbage collector removes the credentials Secret
 	}
 	before := key.DeepCopy()
-	patch := client.MergeFrom(before)
+	// The patch carries the resourceVersion read: from a cached status older
+	// than the server's (the cache not yet showing this reconciler's own last
+	// write), a merge patch would leave out what is equal in the stale base
+	// and the result (the conditions, say) and so keep the server's newer,
+	// wrong, values; it is refused instead (a conflict, retried on a cache
+	// that caught up; TestStatusFromAStaleCacheIsNotLost).
+	patch := client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
 	pass := &keyPass{key: key}
 	defer func() {
 		if err == nil && pass.deferStatus {
