@@ -219,6 +219,9 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 	// the figures of record use none.
 	profDir := os.Getenv("BENCH_PROFILE")
 	if profDir != "" {
+		if err := os.MkdirAll(profDir, 0o755); err != nil {
+			b.Fatalf("BENCH_PROFILE: %v", err)
+		}
 		args = append(args, "--pprof-bind-address=127.0.0.1:0", "--metrics-bind-address=127.0.0.1:0")
 	}
 	args = append(args, strings.Fields(os.Getenv("BENCH_MANAGER_ARGS"))...)
