@@ -10,8 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,14 +25,6 @@ import (
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 )
 
-func liveHeap() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
 // BenchmarkShardWatches runs a sidecar's Kubernetes source (config.Kubernetes,
 // its real API client and watches) against the envtest API server holding a
 // sharded bundle of BENCH_KEYS keys (default 100,000: 64 shards), and
@@ -43,13 +33,7 @@ func liveHeap() uint64 {
 // write to the sidecar running on it. BENCH_HEAP_PROFILE=<file> writes a
 // heap profile at that point.
 func BenchmarkShardWatches(b *testing.B) {
-	n := 100_000
-	if s := os.Getenv("BENCH_KEYS"); s != "" {
-		var err error
-		if n, err = strconv.Atoi(s); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := bundletest.ScaleKeys(b)
 	ctx := context.Background()
 	ns, pol := "scale-"+strconv.FormatInt(time.Now().UnixNano(), 36), "scale-api"
 	_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
@@ -81,7 +65,7 @@ func BenchmarkShardWatches(b *testing.B) {
 	f, index, docs = nil, bundle.Bundle{}, nil //nolint:ineffassign,wastedassign // dropped before measuring
 	_, _, _ = f, index, docs
 
-	base := liveHeap()
+	base := bundletest.LiveHeap()
 	client, err := config.NewCoreClient(env.Config)
 	must(b, err)
 	store := &config.Store{}
@@ -99,13 +83,8 @@ func BenchmarkShardWatches(b *testing.B) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	load := time.Since(start)
-	heap := liveHeap() - base
-	if path := os.Getenv("BENCH_HEAP_PROFILE"); path != "" {
-		out, err := os.Create(path)
-		must(b, err)
-		must(b, pprof.WriteHeapProfile(out))
-		must(b, out.Close())
-	}
+	heap := bundletest.LiveHeap() - base
+	bundletest.HeapProfile(b)
 	b.ResetTimer()
 	for i := range b.N {
 		s, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})

@@ -4,9 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"os"
-	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -47,40 +44,14 @@ func shardSecret(tb testing.TB, name string, rv int, doc *bundle.Shard) *corev1.
 		Data: map[string][]byte{bundle.SecretDataKey: sd}}
 }
 
-func writeHeapProfile(tb testing.TB, path string) {
-	tb.Helper()
-	out, err := os.Create(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer func() { _ = out.Close() }()
-	if err := pprof.WriteHeapProfile(out); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-func liveHeap() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
 // BenchmarkShardedBundle loads a sharded bundle of BENCH_KEYS keys (default
 // 100,000: 64 shards) into a sidecar's store the way the shard watches do,
 // and reports the live heap the store keeps for it (the received Secrets
 // dropped, as a sidecar that holds nothing else would) and, per op, the cost
 // of applying one shard's change (one key disabled, then back).
 func BenchmarkShardedBundle(b *testing.B) {
-	n := 100_000
-	if s := os.Getenv("BENCH_KEYS"); s != "" {
-		var err error
-		if n, err = strconv.Atoi(s); err != nil {
-			b.Fatal(err)
-		}
-	}
-	base := liveHeap()
+	n := bundletest.ScaleKeys(b)
+	base := bundletest.LiveHeap()
 	k := &Kubernetes{Store: &Store{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	index, shards, docs := scaleBundle(b, n)
 	start := time.Now()
@@ -102,10 +73,8 @@ func BenchmarkShardedBundle(b *testing.B) {
 	name := shards[0].Name
 	index, shards, docs = nil, nil, nil //nolint:ineffassign,wastedassign // dropped before measuring
 	_, _, _ = index, shards, docs
-	heap := liveHeap() - base
-	if path := os.Getenv("BENCH_HEAP_PROFILE"); path != "" {
-		writeHeapProfile(b, path)
-	}
+	heap := bundletest.LiveHeap() - base
+	bundletest.HeapProfile(b)
 	b.ResetTimer()
 	for i := range b.N {
 		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: strconv.Itoa(2 + i)},

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer/streaming"
 	"k8s.io/apimachinery/pkg/watch"
 	restwatch "k8s.io/client-go/rest/watch"
+
+	"github.com/keygate-dev/keygate/sidecar/bundletest"
 )
 
 // watchStream encodes events of secrets as the API server sends a watch in
@@ -80,14 +82,14 @@ func TestFrameDecoderKeepsNoBuffer(t *testing.T) {
 	stream := watchStream(t, kruntime.ContentTypeProtobuf, secretOf("a", 1<<20))
 	const watches = 32
 	decs := make([]*restwatch.Decoder, watches)
-	base := liveHeap()
+	base := bundletest.LiveHeap()
 	for i := range decs {
 		decs[i] = restwatch.NewDecoder(&frameDecoder{body: io.NopCloser(bytes.NewReader(stream))}, codecs.UniversalDeserializer())
 		if _, _, err := decs[i].Decode(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	grown := int64(liveHeap()) - int64(base)
+	grown := int64(bundletest.LiveHeap()) - int64(base)
 	runtime.KeepAlive(decs)
 	if grown > 4<<20 {
 		t.Fatalf("%d idle watches that each read a 1 MiB event keep %d KiB", watches, grown>>10)
