@@ -156,6 +156,10 @@ bench-operator: envtest ## Benchmark the operator: 1,000 ApiKeys on envtest; pri
 bench-scale: envtest ## Benchmark at scale: manager + sidecar as processes vs the API server's ceiling; N from BENCH_SCALE_N (default 1000,10000).
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkScale -benchtime=1x -count=1 -timeout=60m ./test/bench/scale
 
+.PHONY: bench-write-costs
+bench-write-costs: envtest ## API server CPU per request for each write a new key needs (creates, status patch/update/apply): the floor of bench-scale's ratio.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkWriteCosts -benchtime=1x -count=1 -timeout=30m ./test/bench/scale
+
 .PHONY: bench-peers
 bench-peers: ## Benchmark keygate against HAProxy, nginx and a Go ReverseProxy (installs them and wrk from Debian); prints req/s, p50/p99, CPU µs/request.
 	hack/peers.sh
