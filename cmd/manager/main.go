@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -30,6 +32,7 @@ import (
 	"github.com/keygate-dev/keygate/controllers"
 	"github.com/keygate-dev/keygate/controllers/apicontact"
 	"github.com/keygate-dev/keygate/controllers/podinject"
+	"github.com/keygate-dev/keygate/internal/mappingmemo"
 	"github.com/keygate-dev/keygate/internal/memorylimit"
 )
 
@@ -129,6 +132,15 @@ func run(ctx context.Context, args []string) error {
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(watched),
 		PprofBindAddress:              *pprofAddr,
+		// The cache asks whether an object is namespaced on every read when
+		// it watches a list of namespaces; the answers are kept.
+		MapperProvider: func(c *rest.Config, hc *http.Client) (meta.RESTMapper, error) {
+			m, err := apiutil.NewDynamicRESTMapper(c, hc)
+			if err != nil {
+				return nil, err
+			}
+			return mappingmemo.New(m), nil
+		},
 	}
 	if *enableInjection {
 		opts.WebhookServer = inject.WebhookServer()
