@@ -121,17 +121,65 @@ func (p *process) stop(b *testing.B) {
 }
 
 func vmHWM(b *testing.B, file string) float64 {
-	raw, err := os.ReadFile(file)
+	mib, err := procStatusMiB(file, "VmHWM")
 	must(b, err)
+	return mib
+}
+
+// procStatusMiB reads a kB field (VmHWM, VmRSS) of a /proc/<pid>/status file.
+func procStatusMiB(file, field string) (float64, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
-			must(b, err)
-			return kb / 1024
+			return kb / 1024, err
 		}
 	}
-	b.Fatalf("VmHWM not found in %s", file)
-	return 0
+	return 0, fmt.Errorf("%s not found in %s", field, file)
+}
+
+// profilePeakHeap saves a heap profile of process p (its pprof server at
+// pprofURL) into file each time p's RSS, sampled every 10 s, reaches a new
+// high (by 16 MiB or more), until ctx ends: the profile at the peak, not
+// only the one at the end. The heap profile is as of the last GC (no GC is
+// forced, so the peak is not disturbed).
+func profilePeakHeap(ctx context.Context, b *testing.B, p *process, pprofURL, file string) {
+	status := fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid)
+	best, at := 0.0, time.Now()
+	start := at
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if best > 0 {
+				fmt.Printf("  %s: heap profile at RSS %.0f MiB, %v into the phase: %s\n", p.name, best, at.Sub(start).Round(time.Second), file)
+			}
+			return
+		case <-tick.C:
+		}
+		rss, err := procStatusMiB(status, "VmRSS")
+		if err != nil || rss < best+16 {
+			continue
+		}
+		resp, err := http.Get(pprofURL + "/debug/pprof/heap") //nolint:gosec,noctx // a loopback address the benchmark read from a log
+		if err != nil {
+			continue
+		}
+		raw, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			continue
+		}
+		if err := os.WriteFile(file, raw, 0o600); err != nil {
+			b.Errorf("save %s: %v", file, err)
+			return
+		}
+		best, at = rss, time.Now()
+	}
 }
 
 // etcdSizeMiB reads etcd's database size from its metrics.

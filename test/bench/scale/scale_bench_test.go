@@ -264,11 +264,20 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 			}
 		})
 	}
+	peakCtx, stopPeak := context.WithCancel(ctx)
+	var peakDone sync.WaitGroup
+	if profDir != "" {
+		peakDone.Go(func() {
+			profilePeakHeap(peakCtx, b, mgr, mgrPprof, filepath.Join(profDir, fmt.Sprintf("manager-heap-peak-%d.pprof", r.n)))
+		})
+	}
 	createAll(ctx, b, r.n, func(ctx context.Context, i int) error { return c.Create(ctx, newKey(ns, i)) })
 	fmt.Printf("  N=%d: the benchmark created the ApiKeys in %v\n", r.n, time.Since(start).Round(10*time.Millisecond))
 	r.readyKeys, r.tooLarge, r.settled = waitSettled(ctx, b, cfg, c.Scheme(), ns, r.n)
 	r.ready = time.Since(start)
 	fmt.Printf("  N=%d: CPU used from the first create to all settled: %s\n", r.n, cpu.since(cpuBefore))
+	stopPeak()
+	peakDone.Wait()
 	if profDir != "" {
 		for msg, count := range mgr.errorSummary() {
 			fmt.Printf("  manager error (%d×): %.300s\n", count, msg)
