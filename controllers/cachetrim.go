@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"encoding/binary"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -146,57 +148,170 @@ func (in *interner) intern(s string) string {
 	return s
 }
 
-// A credentials Secret is cached folded: its data entries are kept in its
-// annotations map, under keys no API object can have (they start with a NUL
-// byte, which annotation keys cannot hold), and its Data map is dropped; the
-// authorization entry, when it is the one its key ID and secret make, is
-// kept as a mark only. At 100,000 keys the Data map and the authorization
-// were a quarter of each cached credentials Secret. Readers of a cached
-// credentials Secret go through credentialsData (read only) or
+// A credentials Secret is cached folded: its annotations and data entries
+// are packed into one string, kept in its labels map under a key no API
+// object can have (it starts with a NUL byte, which label keys cannot
+// hold), and its Annotations and Data maps are dropped; the authorization
+// entry, when it is the one its key ID and secret make, is kept as a mark
+// only. At 100,000 keys the two maps and their many small strings were half
+// of each cached credentials Secret (a Go map of up to 8 entries takes some
+// 300 bytes however few it holds; the labels map has room for the packed
+// entry). Readers of a cached credentials Secret go through
+// credentialsData and credentialsAnnotation (read only) or
 // unfoldCredentials (a copy of one's own, before anything is compared or
 // written), which give back exactly what the API server holds.
+const foldedLabel = "\x00credentials"
+
+// Records of a packed credentials Secret: a tag, then (but for
+// foldDerivedAuth) the key, as one byte indexing foldKnownKeys or as a
+// length and the key, and the value as a length and the value (lengths are
+// uvarints).
 const (
-	foldedDataPrefix     = "\x00data/"
-	foldedDerivedAuthKey = "\x00data-derived/" + CredentialsAuthorization
+	foldAnnotation      = 'a' // an annotation, literal key
+	foldAnnotationKnown = 'A' // an annotation, known key
+	foldData            = 'd' // a data entry, literal key
+	foldDataKnown       = 'D' // a data entry, known key
+	foldDerivedAuth     = '=' // the authorization is the one key ID and secret make
 )
+
+// foldKnownKeys are the keys a credentials Secret always has, packed as
+// their index.
+var foldKnownKeys = []string{annotationSecretVersion, annotationRotatedAt, annotationChecksum, annotationRotateHandled,
+	annotationPreviousDigest, annotationPreviousVersion, annotationPreviousExpiresAt, annotationPreviousHashKey,
+	CredentialsKeyID, CredentialsSecret, CredentialsAuthorization}
 
 // isCredentialsSecret tells a credentials Secret by its labels.
 func isCredentialsSecret(s *corev1.Secret) bool {
 	return s.Labels[keygatev1.LabelManagedBy] == keygatev1.ManagedByValue && s.Labels[keygatev1.LabelApiKey] != ""
 }
 
-// foldCredentials folds the data of a credentials Secret into its
-// annotations (see foldedDataPrefix); other Secrets are left alone.
+// foldCredentials folds the annotations and data of a credentials Secret
+// into one entry of its labels (see foldedLabel); other Secrets are left
+// alone.
 func foldCredentials(s *corev1.Secret) {
 	if !isCredentialsSecret(s) || len(s.Data) == 0 || isFolded(s) {
 		return
 	}
-	annotations := make(map[string]string, len(s.Annotations)+len(s.Data))
-	for k, v := range s.Annotations {
-		annotations[interned.intern(k)] = v
-	}
 	derived := basicAuthorization(string(s.Data[CredentialsKeyID]), string(s.Data[CredentialsSecret]))
+	size := 0
+	for k, v := range s.Annotations {
+		size += len(k) + len(v) + 2*binary.MaxVarintLen64 + 1
+	}
+	for k, v := range s.Data {
+		size += len(k) + len(v) + 2*binary.MaxVarintLen64 + 1
+	}
+	packed := make([]byte, 0, size)
+	put := func(literal, known byte, k, v string) {
+		if i := slices.Index(foldKnownKeys, k); i >= 0 {
+			packed = append(packed, known, byte(i))
+		} else {
+			packed = append(packed, literal)
+			packed = binary.AppendUvarint(packed, uint64(len(k)))
+			packed = append(packed, k...)
+		}
+		packed = binary.AppendUvarint(packed, uint64(len(v)))
+		packed = append(packed, v...)
+	}
+	for k, v := range s.Annotations {
+		put(foldAnnotation, foldAnnotationKnown, k, v)
+	}
 	for k, v := range s.Data {
 		if k == CredentialsAuthorization && string(v) == derived {
-			annotations[foldedDerivedAuthKey] = ""
+			packed = append(packed, foldDerivedAuth)
 			continue
 		}
-		annotations[interned.intern(foldedDataPrefix+k)] = string(v)
+		put(foldData, foldDataKnown, k, string(v))
 	}
-	s.Annotations, s.Data = annotations, nil
+	labels := make(map[string]string, len(s.Labels)+1)
+	for k, v := range s.Labels {
+		labels[k] = v
+	}
+	labels[foldedLabel] = string(packed)
+	s.Labels, s.Annotations, s.Data = labels, nil, nil
 }
 
 // isFolded tells a Secret folded by foldCredentials.
 func isFolded(s *corev1.Secret) bool {
-	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok {
-		return true
+	_, ok := s.Labels[foldedLabel]
+	return ok
+}
+
+// eachFolded calls f with each record of packed (tag foldAnnotation or
+// foldData with its key and value, or foldDerivedAuth) until f returns
+// false. The key and value share packed's bytes. A malformed record (only a
+// changed cache could make one) ends the walk.
+func eachFolded(packed string, f func(tag byte, k, v string) bool) {
+	str := func(p string) (string, string, bool) {
+		var n uint64
+		for w := 0; w < len(p) && w < binary.MaxVarintLen64; w++ {
+			n |= uint64(p[w]&0x7f) << (7 * w)
+			if p[w] < 0x80 {
+				if rest := p[w+1:]; uint64(len(rest)) >= n {
+					return rest[:n], rest[n:], true
+				}
+				break
+			}
+		}
+		return "", "", false
 	}
-	for k := range s.Annotations {
-		if len(k) > 0 && k[0] == 0 {
-			return true
+	for p := packed; len(p) > 0; {
+		tag := p[0]
+		p = p[1:]
+		var k, v string
+		var ok bool
+		switch tag {
+		case foldDerivedAuth:
+			if !f(tag, CredentialsAuthorization, "") {
+				return
+			}
+			continue
+		case foldAnnotationKnown, foldDataKnown:
+			if len(p) == 0 || int(p[0]) >= len(foldKnownKeys) {
+				return
+			}
+			k, p = foldKnownKeys[p[0]], p[1:]
+			if tag == foldAnnotationKnown {
+				tag = foldAnnotation
+			} else {
+				tag = foldData
+			}
+		case foldAnnotation, foldData:
+			if k, p, ok = str(p); !ok {
+				return
+			}
+		default:
+			return
+		}
+		if v, p, ok = str(p); !ok || !f(tag, k, v) {
+			return
 		}
 	}
-	return false
+}
+
+// foldedValue is the record of tag (foldAnnotation or foldData) and key k
+// of a folded Secret.
+func foldedValue(s *corev1.Secret, tag byte, k string) (v string, found bool) {
+	packed, ok := s.Labels[foldedLabel]
+	if !ok {
+		return "", false
+	}
+	derived := false
+	eachFolded(packed, func(t byte, key, val string) bool {
+		switch {
+		case t == foldDerivedAuth:
+			derived = true
+		case t == tag && key == k:
+			v, found = val, true
+			return false
+		}
+		return true
+	})
+	if !found && derived && tag == foldData && k == CredentialsAuthorization {
+		id, _ := foldedValue(s, foldData, CredentialsKeyID)
+		secret, _ := foldedValue(s, foldData, CredentialsSecret)
+		return basicAuthorization(id, secret), true
+	}
+	return v, found
 }
 
 // credentialsData is the data entry k of a credentials Secret, folded or
@@ -205,13 +320,18 @@ func credentialsData(s *corev1.Secret, k string) string {
 	if v, ok := s.Data[k]; ok {
 		return string(v)
 	}
-	if v, ok := s.Annotations[foldedDataPrefix+k]; ok {
-		return v
+	v, _ := foldedValue(s, foldData, k)
+	return v
+}
+
+// credentialsAnnotation is the annotation k of a credentials Secret, folded
+// or not, without copying or changing s.
+func credentialsAnnotation(s *corev1.Secret, k string) string {
+	if !isFolded(s) {
+		return s.Annotations[k]
 	}
-	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok && k == CredentialsAuthorization {
-		return basicAuthorization(credentialsData(s, CredentialsKeyID), credentialsData(s, CredentialsSecret))
-	}
-	return ""
+	v, _ := foldedValue(s, foldAnnotation, k)
+	return v
 }
 
 // unfoldCredentials turns a folded Secret s, which must be the caller's own
@@ -221,18 +341,23 @@ func unfoldCredentials(s *corev1.Secret) {
 	if s == nil || !isFolded(s) {
 		return
 	}
+	packed := s.Labels[foldedLabel]
+	delete(s.Labels, foldedLabel)
 	data := map[string][]byte{}
 	annotations := map[string]string{}
-	for k, v := range s.Annotations {
-		switch {
-		case k == foldedDerivedAuthKey:
-		case len(k) > len(foldedDataPrefix) && k[:len(foldedDataPrefix)] == foldedDataPrefix:
-			data[k[len(foldedDataPrefix):]] = []byte(v)
-		default:
+	derived := false
+	eachFolded(packed, func(tag byte, k, v string) bool {
+		switch tag {
+		case foldDerivedAuth:
+			derived = true
+		case foldAnnotation:
 			annotations[k] = v
+		case foldData:
+			data[k] = []byte(v)
 		}
-	}
-	if _, ok := s.Annotations[foldedDerivedAuthKey]; ok {
+		return true
+	})
+	if derived {
 		data[CredentialsAuthorization] = []byte(basicAuthorization(string(data[CredentialsKeyID]), string(data[CredentialsSecret])))
 	}
 	if len(annotations) == 0 {

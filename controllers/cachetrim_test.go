@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -81,9 +82,9 @@ func TestTrimForCacheKeepsEveryValue(t *testing.T) {
 	o, err := trimForCache(other)
 	g.Expect(err).NotTo(HaveOccurred())
 	other = o.(*corev1.Secret)
-	other.Labels["x"], other.Annotations["x"] = "y", "y"
+	other.Labels["x"] = "y"
 	g.Expect(secret.Labels).NotTo(HaveKey("x"))
-	g.Expect(secret.Annotations).NotTo(HaveKey("x"))
+	g.Expect(secret.Annotations).To(BeNil(), "a credentials Secret's annotations are folded too")
 }
 
 // Folding a credentials Secret for the cache loses nothing, whatever a hand
@@ -100,6 +101,11 @@ func TestFoldedCredentialsUnfoldExactly(t *testing.T) {
 		"no annotations":           func(s *corev1.Secret) { s.Annotations = nil },
 		"not a credentials Secret": func(s *corev1.Secret) { delete(s.Labels, keygatev1.LabelApiKey) },
 		"no data":                  func(s *corev1.Secret) { s.Data = nil },
+		"annotations added": func(s *corev1.Secret) {
+			s.Annotations["example.com/long"] = strings.Repeat("ü", 300) // lengths past one varint byte
+			s.Annotations["example.com/empty"] = ""
+		},
+		"a label added": func(s *corev1.Secret) { s.Labels["team"] = "payments" },
 	}
 	for name, edit := range variants {
 		_, server := cachedSample(3)
@@ -113,6 +119,10 @@ func TestFoldedCredentialsUnfoldExactly(t *testing.T) {
 		for _, k := range []string{CredentialsKeyID, CredentialsSecret, CredentialsAuthorization, "note"} {
 			g.Expect(credentialsData(cached, k)).To(Equal(string(server.Data[k])), "%s: data %q", name, k)
 		}
+		for k, v := range server.Annotations {
+			g.Expect(credentialsAnnotation(cached, k)).To(Equal(v), "%s: annotation %q", name, k)
+		}
+		g.Expect(credentialsAnnotation(cached, "example.com/absent")).To(BeEmpty(), name)
 		g.Expect(readCredentials(cached)).To(Equal(readCredentials(server)), name)
 		unfoldCredentials(cached)
 		g.Expect(equality.Semantic.DeepEqual(cached, server)).To(BeTrue(), "%s: unfolded %v, want %v", name, cached, server)

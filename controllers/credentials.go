@@ -138,20 +138,20 @@ func readCredentials(s *corev1.Secret) credentials {
 	c := credentials{
 		KeyID:         credentialsData(s, CredentialsKeyID),
 		Secret:        credentialsData(s, CredentialsSecret),
-		RotateHandled: s.Annotations[annotationRotateHandled],
+		RotateHandled: credentialsAnnotation(s, annotationRotateHandled),
 	}
 	var err error
-	c.Version, err = strconv.ParseInt(s.Annotations[annotationSecretVersion], 10, 64)
+	c.Version, err = strconv.ParseInt(credentialsAnnotation(s, annotationSecretVersion), 10, 64)
 	versionOK := err == nil && c.Version > 0
-	c.RotatedAt, err = time.Parse(time.RFC3339, s.Annotations[annotationRotatedAt])
+	c.RotatedAt, err = time.Parse(time.RFC3339, credentialsAnnotation(s, annotationRotatedAt))
 	rotatedOK := err == nil
-	sumOK := subtle.ConstantTimeCompare([]byte(checksum(c.KeyID, c.Secret)), []byte(s.Annotations[annotationChecksum])) == 1
+	sumOK := subtle.ConstantTimeCompare([]byte(checksum(c.KeyID, c.Secret)), []byte(credentialsAnnotation(s, annotationChecksum))) == 1
 	c.Intact = versionOK && rotatedOK && sumOK && c.KeyID != "" && len(c.Secret) >= secretLength
-	if d, err := base64.StdEncoding.DecodeString(s.Annotations[annotationPreviousDigest]); err == nil && len(d) == sha256.Size {
-		exp, errT := time.Parse(time.RFC3339, s.Annotations[annotationPreviousExpiresAt])
-		v, errV := strconv.ParseInt(s.Annotations[annotationPreviousVersion], 10, 64)
+	if d, err := base64.StdEncoding.DecodeString(credentialsAnnotation(s, annotationPreviousDigest)); err == nil && len(d) == sha256.Size {
+		exp, errT := time.Parse(time.RFC3339, credentialsAnnotation(s, annotationPreviousExpiresAt))
+		v, errV := strconv.ParseInt(credentialsAnnotation(s, annotationPreviousVersion), 10, 64)
 		if errT == nil && errV == nil {
-			c.Previous = &previousSecret{Digest: d, Version: v, ExpiresAt: exp, HashKeyID: s.Annotations[annotationPreviousHashKey]}
+			c.Previous = &previousSecret{Digest: d, Version: v, ExpiresAt: exp, HashKeyID: credentialsAnnotation(s, annotationPreviousHashKey)}
 		}
 	}
 	return c
