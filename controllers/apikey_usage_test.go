@@ -248,9 +248,10 @@ func TestUsageReportQueuesOnlyChangedKeys(t *testing.T) {
 	}
 	c := startCache(t, ns)
 	g.Eventually(func(g Gomega) {
-		list := &keygatev1.ApiKeyList{}
-		g.Expect(c.List(context.Background(), list, client.InNamespace(ns), client.MatchingFields{indexKeyID: "apk-00000000000000000004"})).To(Succeed())
-		g.Expect(list.Items).To(HaveLen(1))
+		keys, err := apiKeysWithKeyID(context.Background(), c, ns, "apk-00000000000000000004")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(keys).To(HaveLen(1))
+		g.Expect(keys[0].Name).To(Equal("k4"))
 	}, timeout, interval).Should(Succeed())
 
 	h := usageHandler{r: &ApiKeyReconciler{Client: c}}

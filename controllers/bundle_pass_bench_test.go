@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -37,6 +38,9 @@ type memCache struct {
 	secrets  map[string]*corev1.Secret
 	order    []string // secret names in creation order
 	writes   int
+	// buckets indexes the keys by indexPolicyRef (positions in keys); nil
+	// after a key is added or deleted.
+	buckets map[string][]int
 }
 
 func (m *memCache) Scheme() *kruntime.Scheme { return m.scheme }
@@ -76,9 +80,27 @@ func (m *memCache) List(_ context.Context, list client.ObjectList, opts ...clien
 	o.ApplyOptions(opts)
 	switch l := list.(type) {
 	case *keygatev1.ApiKeyList:
-		l.Items = make([]keygatev1.ApiKey, len(m.keys))
-		for i, k := range m.keys {
-			l.Items[i] = *k
+		l.Items = nil
+		if o.FieldSelector == nil {
+			for _, k := range m.keys {
+				l.Items = append(l.Items, *k)
+			}
+			break
+		}
+		if m.buckets == nil { // the cache's index (indexPolicyRef)
+			m.buckets = map[string][]int{}
+			for i, k := range m.keys {
+				b := policyBucket(k.Spec.PolicyRef.Name, k.Name)
+				m.buckets[b] = append(m.buckets[b], i)
+			}
+		}
+		for value, ixs := range m.buckets {
+			if o.FieldSelector.Matches(fields.Set{indexPolicyRef: value}) {
+				l.Items = make([]keygatev1.ApiKey, len(ixs))
+				for j, i := range ixs {
+					l.Items[j] = *m.keys[i]
+				}
+			}
 		}
 	case *corev1.SecretList:
 		sel := o.LabelSelector
@@ -163,6 +185,7 @@ func (m *memCache) addKey(tb testing.TB, name string, created, now time.Time, op
 	k.CreationTimestamp = metav1.NewTime(created)
 	m.keyIndex[k.Name] = len(m.keys)
 	m.keys = append(m.keys, k)
+	m.buckets = nil
 	secret, err := newSecret()
 	if err != nil {
 		tb.Fatal(err)
@@ -192,6 +215,7 @@ func (m *memCache) deleteKey(name string) {
 	delete(m.secrets, credentialsSecretName(m.keys[i]))
 	m.keys = append(m.keys[:i], m.keys[i+1:]...)
 	delete(m.keyIndex, name)
+	m.buckets = nil
 	for j := i; j < len(m.keys); j++ {
 		m.keyIndex[m.keys[j].Name] = j
 	}

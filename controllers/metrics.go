@@ -49,7 +49,9 @@ func (c ApiKeyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- apiKeysDes
 // Collect implements prometheus.Collector.
 func (c ApiKeyCollector) Collect(ch chan<- prometheus.Metric) {
 	list := &keygatev1.ApiKeyList{}
-	if err := c.Reader.List(context.Background(), list); err != nil {
+	// Read only: a deep copy of every cached ApiKey at each scrape was some
+	// 150 MB of garbage at 100,000 keys.
+	if err := c.Reader.List(context.Background(), list, client.UnsafeDisableDeepCopy); err != nil {
 		ch <- prometheus.NewInvalidMetric(apiKeysDesc, err)
 		ch <- prometheus.NewInvalidMetric(staleDesc, err)
 		return

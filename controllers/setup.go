@@ -6,6 +6,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -28,11 +29,71 @@ import (
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
-// indexPolicyRef indexes ApiKeys by spec.policyRef.name.
-const indexPolicyRef = "spec.policyRef.name"
+// indexPolicyRef indexes ApiKeys by spec.policyRef.name and a bucket of
+// their name, "<policy>/<bucket>": a policy's keys are read a bucket at a
+// time (eachApiKeyOfPolicy), as the cache copies every item of a List into
+// it (at 100,000 keys a list of all of a policy's keys held some 70 MB).
+const indexPolicyRef = "spec.policyRef.name.bucket"
 
-// indexKeyID indexes ApiKeys by status.keyID (the usage ConfigMap's keys).
-const indexKeyID = "status.keyID"
+// policyBuckets is the number of buckets of indexPolicyRef.
+const policyBuckets = 64
+
+// policyBucket is the indexPolicyRef value of ApiKey name of policy.
+func policyBucket(policy, name string) string {
+	return policy + "/" + strconv.Itoa(bundle.ShardOf(name, policyBuckets))
+}
+
+// eachApiKeyOfPolicy calls f with each ApiKey of policy in namespace, from
+// the cache, a bucket at a time, until f fails. The ApiKey is read only
+// (shared with the cache); f should not keep it, so that a bucket's copies
+// are dropped before the next is read.
+func eachApiKeyOfPolicy(ctx context.Context, c client.Reader, namespace, policy string, f func(*keygatev1.ApiKey) error) error {
+	for b := range policyBuckets {
+		list := &keygatev1.ApiKeyList{}
+		if err := c.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexPolicyRef: policy + "/" + strconv.Itoa(b)},
+			client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", policy, err)
+		}
+		for i := range list.Items {
+			if err := f(&list.Items[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// indexKeyID indexes ApiKeys by a bucket of their status.keyID (the usage
+// ConfigMap's keys; apiKeysWithKeyID). An index by the key ID itself kept a
+// set per key (client-go's index maps each value to a set of object keys),
+// some 270 bytes a key, 25 MiB at 100,000 keys; a bucket's set holds some
+// 25 keys at 100,000 (keyIDBuckets), a few bytes a key.
+const indexKeyID = "status.keyID.bucket"
+
+// keyIDBuckets is the number of buckets of indexKeyID.
+const keyIDBuckets = 4096
+
+// keyIDBucket is the index value of key ID id (FNV-1a, as a key's shard).
+func keyIDBucket(id string) string {
+	return strconv.Itoa(bundle.ShardOf(id, keyIDBuckets))
+}
+
+// apiKeysWithKeyID lists the ApiKeys of namespace whose status names key ID
+// id (normally one), read only, from the cache's key ID index.
+func apiKeysWithKeyID(ctx context.Context, c client.Reader, namespace, id string) ([]*keygatev1.ApiKey, error) {
+	list := &keygatev1.ApiKeyList{}
+	if err := c.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexKeyID: keyIDBucket(id)},
+		client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("list ApiKeys of key ID bucket %s: %w", keyIDBucket(id), err)
+	}
+	var out []*keygatev1.ApiKey
+	for i := range list.Items {
+		if list.Items[i].Status.KeyID == id {
+			out = append(out, &list.Items[i])
+		}
+	}
+	return out, nil
+}
 
 // Options configure the reconcilers.
 type Options struct {
@@ -83,10 +144,12 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 // index, some 35 MiB at 100,000 keys (make bench-scale). Any other
 // FieldIndexer gets IndexField.
 func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
-	policyRef := func(o client.Object) []string { return []string{o.(*keygatev1.ApiKey).Spec.PolicyRef.Name} }
+	policyRef := func(o client.Object) []string {
+		return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName())}
+	}
 	keyID := func(o client.Object) []string {
 		if id := o.(*keygatev1.ApiKey).Status.KeyID; id != "" {
-			return []string{id}
+			return []string{keyIDBucket(id)}
 		}
 		return nil
 	}
@@ -193,14 +256,13 @@ func (h usageHandler) enqueue(ctx context.Context, cm *corev1.ConfigMap, old map
 		if prev, ok := old[id]; ok && prev == minute {
 			continue
 		}
-		list := &keygatev1.ApiKeyList{}
-		if err := h.r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexKeyID: id},
-			client.UnsafeDisableDeepCopy); err != nil { // only names are read
+		keys, err := apiKeysWithKeyID(ctx, h.r, namespace, id)
+		if err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "Failed to find the ApiKey of a reported key ID")
 			continue
 		}
-		unmatched = unmatched || len(list.Items) == 0
-		for _, k := range list.Items {
+		unmatched = unmatched || len(keys) == 0
+		for _, k := range keys {
 			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
 		}
 	}
@@ -212,15 +274,13 @@ func (h usageHandler) enqueue(ctx context.Context, cm *corev1.ConfigMap, old map
 }
 
 func (r *ApiKeyReconciler) requestsForPolicy(ctx context.Context, namespace, policy string) []reconcile.Request {
-	list := &keygatev1.ApiKeyList{}
-	if err := r.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexPolicyRef: policy},
-		client.UnsafeDisableDeepCopy); err != nil { // only names are read
+	var out []reconcile.Request
+	if err := eachApiKeyOfPolicy(ctx, r, namespace, policy, func(k *keygatev1.ApiKey) error {
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
+		return nil
+	}); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "Failed to list ApiKeys of TokenPolicy", "tokenPolicy", policy)
 		return nil
-	}
-	out := make([]reconcile.Request, 0, len(list.Items))
-	for _, k := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}})
 	}
 	return out
 }

@@ -99,10 +99,12 @@ func (r *TokenPolicyReconciler) ensureBundle(ctx context.Context, pass *policyPa
 // themselves.
 func (r *TokenPolicyReconciler) ensureUnshardedBundle(ctx context.Context, pass *policyPass, b *bundle.Bundle) (published, int, []time.Time, error) {
 	p := pass.policy
-	keys := &keygatev1.ApiKeyList{}
-	if err := r.List(ctx, keys, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name},
-		client.UnsafeDisableDeepCopy); err != nil {
-		return published{}, 0, nil, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
+	var keys []keygatev1.ApiKey
+	if err := eachApiKeyOfPolicy(ctx, r, p.Namespace, p.Name, func(k *keygatev1.ApiKey) error {
+		keys = append(keys, *k)
+		return nil
+	}); err != nil {
+		return published{}, 0, nil, err
 	}
 	secrets := &corev1.SecretList{}
 	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
@@ -113,7 +115,7 @@ func (r *TokenPolicyReconciler) ensureUnshardedBundle(ctx context.Context, pass 
 	for i := range secrets.Items {
 		byName[secrets.Items[i].Name] = &secrets.Items[i]
 	}
-	adm := admitOrdered(keys.Items, p, pass.now)
+	adm := admitOrdered(keys, p, pass.now)
 
 	// The entries of the accepted keys in admission order; a key ID seen
 	// twice (only a hand-made credentials Secret copied from another key can

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -321,18 +322,27 @@ func (r *TokenPolicyReconciler) readKeyState(ctx context.Context, pass *policyPa
 	if _, ok := localVerdict(key, p, pass.now); !ok {
 		return nil, nil
 	}
-	s := &corev1.Secret{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: credentialsSecretName(key)}, s, client.UnsafeDisableDeepCopy); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("read credentials Secret of ApiKey %q: %w", name, err)
-		}
-		s = nil
-	}
-	// The full pass reads the policy's credentials Secrets by label.
-	if s != nil && (s.Labels[keygatev1.LabelTokenPolicy] != p.Name || s.Labels[keygatev1.LabelApiKey] == "") {
-		s = nil
+	s, err := r.readCredentialsSecret(ctx, p, key, &corev1.Secret{})
+	if err != nil {
+		return nil, err
 	}
 	return keyStateOf(key, s, pass, count)
+}
+
+// readCredentialsSecret reads the credentials Secret of key (of policy p)
+// from the cache into into, read only (shared with the cache); nil when
+// there is none or it is not labelled as a credentials Secret of p.
+func (r *TokenPolicyReconciler) readCredentialsSecret(ctx context.Context, p *keygatev1.TokenPolicy, key *keygatev1.ApiKey, into *corev1.Secret) (*corev1.Secret, error) {
+	if err := r.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: credentialsSecretName(key)}, into, client.UnsafeDisableDeepCopy); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read credentials Secret of ApiKey %q: %w", key.Name, err)
+	}
+	if into.Labels[keygatev1.LabelTokenPolicy] != p.Name || into.Labels[keygatev1.LabelApiKey] == "" {
+		return nil, nil
+	}
+	return into, nil
 }
 
 // keyStateOf parses credentials Secret s (nil: none) of an eligible key and
@@ -353,42 +363,66 @@ func keyStateOf(key *keygatev1.ApiKey, s *corev1.Secret, pass *policyPass, count
 // and builds its state, every shard to be written; a key whose ApiKey and
 // Secret are at the versions prev (a state of the same basis, or nil) saw
 // keeps its entry. limitCut is the last key within spec.maxApiKeys when more
-// are eligible (nil otherwise); such a state is not kept, as the limit
-// concerns every shard.
+// are eligible (nil otherwise; only its name and creation time are set);
+// such a state is not kept, as the limit concerns every shard.
+//
+// The ApiKeys are read a bucket at a time and each Secret by name, into one
+// object: at 100,000 keys, lists of all the policy's ApiKeys and Secrets
+// (each item copied into the list) were some 110 MB held at once, of some
+// 300 MB of garbage a pass (BenchmarkBundlePass). What is kept of each
+// eligible key meanwhile is its state and its place in the admission order.
 func (r *TokenPolicyReconciler) fullShardState(ctx context.Context, pass *policyPass, count int, basis string, prev *shardState) (*shardState, *keygatev1.ApiKey, error) {
 	p := pass.policy
-	keys := &keygatev1.ApiKeyList{}
-	if err := r.List(ctx, keys, client.InNamespace(p.Namespace), client.MatchingFields{indexPolicyRef: p.Name},
-		client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list ApiKeys of TokenPolicy %q: %w", p.Name, err)
-	}
-	secrets := &corev1.SecretList{}
-	if err := r.List(ctx, secrets, client.InNamespace(p.Namespace), client.MatchingLabels{keygatev1.LabelTokenPolicy: p.Name},
-		client.HasLabels{keygatev1.LabelApiKey}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list credentials Secrets of TokenPolicy %q: %w", p.Name, err)
-	}
-	byName := make(map[string]*corev1.Secret, len(secrets.Items))
-	for i := range secrets.Items {
-		byName[secrets.Items[i].Name] = &secrets.Items[i]
-	}
-	adm := admitOrdered(keys.Items, p, pass.now)
-	st := newShardState(basis, pass.now, count)
-	r.creds.forget(client.ObjectKeyFromObject(p)) // a policy that was unsharded
-	for _, key := range adm.accepted {
-		s := byName[credentialsSecretName(key)]
+	var eligible []*keyState
+	secret := &corev1.Secret{}
+	err := eachApiKeyOfPolicy(ctx, r, p.Namespace, p.Name, func(key *keygatev1.ApiKey) error {
+		if !key.DeletionTimestamp.IsZero() {
+			return nil
+		}
+		if _, ok := localVerdict(key, p, pass.now); !ok {
+			return nil
+		}
+		s, err := r.readCredentialsSecret(ctx, p, key, secret)
+		if err != nil {
+			return err
+		}
 		if prev != nil {
 			if old := prev.keys[key.Name]; old != nil && old.reusable(key, s, pass.now) {
-				st.set(key.Name, old)
-				continue
+				eligible = append(eligible, old)
+				return nil
 			}
 		}
 		ks, err := keyStateOf(key, s, pass, count)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
-		st.set(key.Name, ks)
+		eligible = append(eligible, ks)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	return st, adm.limitCut, nil
+	slices.SortFunc(eligible, func(a, b *keyState) int {
+		switch {
+		case orderBefore(a.created, a.name, b.created, b.name):
+			return -1
+		case orderBefore(b.created, b.name, a.created, a.name):
+			return 1
+		}
+		return 0
+	})
+	st := newShardState(basis, pass.now, count)
+	r.creds.forget(client.ObjectKeyFromObject(p)) // a policy that was unsharded
+	limit := maxApiKeys(p)
+	for _, ks := range eligible[:min(limit, len(eligible))] {
+		st.set(ks.name, ks)
+	}
+	var limitCut *keygatev1.ApiKey
+	if len(eligible) > limit {
+		last := eligible[limit-1]
+		limitCut = &keygatev1.ApiKey{ObjectMeta: metav1.ObjectMeta{Name: last.name, CreationTimestamp: metav1.NewTime(last.created)}}
+	}
+	return st, limitCut, nil
 }
 
 // encodeShard encodes the shard document of the longest prefix of keys (in
