@@ -3,8 +3,11 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,8 +133,8 @@ func (r *ApiKeyReconciler) bundleVerdict(ctx context.Context, key *keygatev1.Api
 		}
 		entries, cuts = sv, cutoffs{limit: view.cuts.limit, size: sv.cuts.size}
 	}
-	if e := entries.byName[key.Name]; e != nil && creds.KeyID != "" && e.KeyID == creds.KeyID &&
-		e.Carries(bundle.Digest(view.hashKey, creds.Secret)) {
+	if e := entries.entry(key.Name); e != nil && creds.KeyID != "" && e.keyID == creds.KeyID &&
+		e.carries(bundle.Digest(view.hashKey, creds.Secret)) {
 		return verdict{Ready: true, Reason: keygatev1.ReasonReady,
 			Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret %s.", policy.Name, where)}, nil
 	}
@@ -141,7 +144,7 @@ func (r *ApiKeyReconciler) bundleVerdict(ctx context.Context, key *keygatev1.Api
 	case cuts.size.excludes(key):
 		return verdict{Reason: keygatev1.ReasonBundleTooLarge,
 			Message: fmt.Sprintf("Bundle Secret %s is full (%d older keys fill what a Secret holds); this key is not in it and does not work. "+
-				"Lower spec.maxApiKeys of TokenPolicy %q, or split the keys over more TokenPolicies.", where, len(entries.byName), policy.Name)}, nil
+				"Lower spec.maxApiKeys of TokenPolicy %q, or split the keys over more TokenPolicies.", where, len(entries.entries), policy.Name)}, nil
 	}
 	return notInBundle(policy, "does not carry the key's current secret yet"), nil
 }
@@ -157,12 +160,12 @@ func notInBundle(policy *keygatev1.TokenPolicy, why string) verdict {
 type bundleView struct {
 	resourceVersion string
 	hashKey         []byte
-	// byName maps an ApiKey's name to its entry.
-	byName map[string]*bundle.Key
-	cuts   cutoffs
+	// entries are its entries, sorted by ApiKey name (entry).
+	entries []viewEntry
+	cuts    cutoffs
 	// shards are the shard names of a v2 index.
 	shards []string
-	// shard is the header of a shard (its keys are in byName).
+	// shard is the header of a shard (its keys are in entries).
 	shard *bundle.Shard
 }
 
@@ -203,15 +206,7 @@ func (c *bundleViews) get(s *corev1.Secret) *bundleView {
 		}
 		keys, v.hashKey, v.shards = b.Keys, b.HashKey, b.Shards
 	}
-	// Only what Ready depends on is kept (sameEntry, Carries): at 100,000
-	// keys two parsed versions of every shard are held, and the rest of each
-	// entry (permissions, clients, limits) doubled their size.
-	v.byName = make(map[string]*bundle.Key, len(keys))
-	kept := make([]bundle.Key, len(keys))
-	for i := range keys {
-		kept[i] = bundle.Key{KeyID: keys[i].KeyID, Secrets: keys[i].Secrets}
-		v.byName[keys[i].Name] = &kept[i]
-	}
+	v.entries = newViewEntries(keys)
 	if c.m == nil {
 		c.m = map[types.NamespacedName][2]*bundleView{}
 	}
@@ -250,6 +245,54 @@ func (c *bundleViews) forget(nn types.NamespacedName) {
 	delete(c.m, nn)
 }
 
+// viewEntry is what Ready depends on of a bundle entry (sameEntry,
+// carries): the ApiKey's name, its key ID and its secrets' digests, one
+// after the other. At 100,000 keys the parsed entries (a bundle.Key each, in
+// a map by name) were some 300 bytes a key; these are some 120.
+type viewEntry struct {
+	name, keyID, digests string
+}
+
+// newViewEntries keeps what Ready depends on of keys, sorted by name. A
+// digest of another size than a SHA-256 (no valid bundle has one) is left
+// out: no secret's digest could match it.
+func newViewEntries(keys []bundle.Key) []viewEntry {
+	out := make([]viewEntry, len(keys))
+	for i := range keys {
+		k := &keys[i]
+		digests := make([]byte, 0, len(k.Secrets)*sha256.Size)
+		for _, s := range k.Secrets {
+			if len(s.Digest) == sha256.Size {
+				digests = append(digests, s.Digest...)
+			}
+		}
+		out[i] = viewEntry{name: k.Name, keyID: k.KeyID, digests: string(digests)}
+	}
+	slices.SortFunc(out, func(a, b viewEntry) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// entry is the entry of ApiKey name; nil when there is none.
+func (v *bundleView) entry(name string) *viewEntry {
+	i, ok := slices.BinarySearchFunc(v.entries, name, func(e viewEntry, n string) int { return strings.Compare(e.name, n) })
+	if !ok {
+		return nil
+	}
+	return &v.entries[i]
+}
+
+// carries reports whether the entry holds digest (in constant time for each
+// digest it holds).
+func (e *viewEntry) carries(digest []byte) bool {
+	found := false
+	for i := 0; len(digest) == sha256.Size && i+sha256.Size <= len(e.digests); i += sha256.Size {
+		if subtle.ConstantTimeCompare([]byte(e.digests[i:i+sha256.Size]), digest) == 1 {
+			found = true
+		}
+	}
+	return found
+}
+
 // changedKeys lists the ApiKeys whose entry differs between two versions of
 // a bundle or a shard (added, removed or changed); all is true when the cuts
 // moved, and so may have changed the reason of keys neither version carries,
@@ -258,26 +301,27 @@ func changedKeys(old, cur *bundleView) (names []string, all bool) {
 	if old == nil || cur == nil || !old.cuts.equal(cur.cuts) || !slices.Equal(old.shards, cur.shards) || !bytes.Equal(old.hashKey, cur.hashKey) {
 		return nil, true
 	}
-	for name, e := range cur.byName {
-		if o := old.byName[name]; o == nil || !sameEntry(o, e) {
-			names = append(names, name)
+	for i := range cur.entries {
+		e := &cur.entries[i]
+		if o := old.entry(e.name); o == nil || !sameEntry(o, e) {
+			names = append(names, e.name)
 		}
 	}
-	for name := range old.byName {
-		if cur.byName[name] == nil {
-			names = append(names, name)
+	for i := range old.entries {
+		if cur.entry(old.entries[i].name) == nil {
+			names = append(names, old.entries[i].name)
 		}
 	}
 	return names, false
 }
 
 // sameEntry compares what Ready depends on: the key ID and the digests.
-func sameEntry(a, b *bundle.Key) bool {
-	if a.KeyID != b.KeyID || len(a.Secrets) != len(b.Secrets) {
+func sameEntry(a, b *viewEntry) bool {
+	if a.keyID != b.keyID || len(a.digests) != len(b.digests) {
 		return false
 	}
-	for i := range a.Secrets {
-		if !b.Carries(a.Secrets[i].Digest) {
+	for i := 0; i+sha256.Size <= len(a.digests); i += sha256.Size {
+		if !b.carries([]byte(a.digests[i : i+sha256.Size])) {
 			return false
 		}
 	}

@@ -84,11 +84,7 @@ func TestChangedKeys(t *testing.T) {
 		return []bundle.SecretDigest{{Digest: bundle.Digest(make([]byte, 32), s), Version: 1}}
 	}
 	view := func(cuts cutoffs, keys ...bundle.Key) *bundleView {
-		v := &bundleView{byName: map[string]*bundle.Key{}, cuts: cuts}
-		for i := range keys {
-			v.byName[keys[i].Name] = &keys[i]
-		}
-		return v
+		return &bundleView{entries: newViewEntries(keys), cuts: cuts}
 	}
 	old := view(cutoffs{}, bundle.Key{Name: "same", KeyID: "apk-1", Secrets: d("a")},
 		bundle.Key{Name: "rotated", KeyID: "apk-2", Secrets: d("b")},

@@ -3,6 +3,7 @@ package controllers
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
 
@@ -124,5 +126,43 @@ func BenchmarkCacheLiveHeap(b *testing.B) {
 		if len(secretStore.List()) != benchCacheKeys {
 			b.Fatal("the Secrets are not all stored")
 		}
+	}
+}
+
+// BenchmarkBundleViewsLiveHeap reports what the ApiKey reconciler keeps of
+// the parsed shards of a 100,000-key bundle (bundleViews: one version of
+// each of its 64 shards), per key.
+func BenchmarkBundleViewsLiveHeap(b *testing.B) {
+	const count = 64
+	hashKey := make([]byte, hashKeyLength)
+	shards := make([]*corev1.Secret, count)
+	keys := make([][]bundle.Key, count)
+	for i := range benchCacheKeys {
+		id := fmt.Sprintf("apk-%020d", i)
+		s := bundle.ShardOf(id, count)
+		keys[s] = append(keys[s], bundle.Key{Name: fmt.Sprintf("key-%06d", i), KeyID: id,
+			Secrets:     []bundle.SecretDigest{{Digest: bundle.Digest(hashKey, fmt.Sprintf("%043d", i)), Version: 1}},
+			Permissions: []string{"charges:List", "reports:All"}})
+	}
+	for s := range count {
+		sortKeys(keys[s])
+		data, err := json.Marshal(&bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: s, HashKeyID: bundle.HashKeyID(hashKey), Keys: keys[s]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		shards[s] = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: bundle.ShardName("bench", count, s), ResourceVersion: "1",
+			Labels: map[string]string{bundle.LabelShard: fmt.Sprint(s)}}, Data: map[string][]byte{bundle.SecretDataKey: data}}
+	}
+	keys = nil
+	for b.Loop() {
+		var views bundleViews
+		base := liveHeap()
+		for _, s := range shards {
+			if views.get(s) == nil {
+				b.Fatal("a shard does not parse")
+			}
+		}
+		b.ReportMetric(float64(liveHeap()-base)/benchCacheKeys, "B/key")
+		runtime.KeepAlive(&views)
 	}
 }

@@ -303,8 +303,8 @@ func (h bundleHandler) Create(ctx context.Context, e event.TypedCreateEvent[clie
 	// keys it does not carry were waiting for it with NotInBundle and stay so.
 	if s, isSecret := e.Object.(*corev1.Secret); isSecret && isShard(s) {
 		if v := h.r.bundles.get(s); v != nil && v.cuts.size == nil {
-			for name := range v.byName {
-				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: name}})
+			for _, e := range v.entries {
+				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: e.name}})
 			}
 			return
 		}
