@@ -282,3 +282,35 @@ func TestUsageReportQueuesOnlyChangedKeys(t *testing.T) {
 	h.Update(context.Background(), event.TypedUpdateEvent[client.Object]{ObjectOld: cur, ObjectNew: next}, q)
 	g.Expect(drain()).To(ConsistOf("k0", "k1", "k2", "k3", "k4"))
 }
+
+// The collector reads the manager's cache a bucket at a time (eachApiKey,
+// across namespaces) and counts every ApiKey once.
+func TestApiKeyCollectorReadsTheCache(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	for i := range 70 { // more keys than buckets
+		create(t, newApiKey(ns, fmt.Sprintf("k%02d", i), fmt.Sprintf("p%d", i%2)))
+	}
+	mgr := startIndexedManager(t, ns)
+	reg := prometheus.NewRegistry()
+	g.Expect(reg.Register(ApiKeyCollector{Reader: mgr.GetCache()})).To(Succeed())
+	g.Eventually(func(g Gomega) map[string]float64 {
+		families, err := reg.Gather()
+		g.Expect(err).NotTo(HaveOccurred())
+		got := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				name := f.GetName()
+				for _, l := range m.GetLabel() {
+					name += "," + l.GetName() + "=" + l.GetValue()
+				}
+				got[name] = m.GetGauge().GetValue()
+			}
+		}
+		return got
+	}, timeout, interval).Should(Equal(map[string]float64{
+		"keygate_apikeys,condition=Ready,reason=Pending,status=Unknown": 70,
+		"keygate_apikeys_stale,namespace=" + ns + ",policy=p0":          0,
+		"keygate_apikeys_stale,namespace=" + ns + ",policy=p1":          0,
+	}))
+}

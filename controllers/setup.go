@@ -43,6 +43,32 @@ func policyBucket(policy, name string) string {
 	return policy + "/" + strconv.Itoa(bundle.ShardOf(name, policyBuckets))
 }
 
+// anyPolicyBucket is the indexPolicyRef value under which every ApiKey of
+// bucket b is indexed across all namespaces ("*" is no policy's name):
+// eachApiKey reads them a bucket at a time.
+func anyPolicyBucket(b int) string { return "*/" + strconv.Itoa(b) }
+
+// allNamespacesIndexKey is the key under which controller-runtime's cache
+// looks an index value up for a List across all namespaces.
+const allNamespacesIndexKey = "__all_namespaces/"
+
+// eachApiKey calls f with every ApiKey in the cache, a bucket at a time, as
+// eachApiKeyOfPolicy does.
+func eachApiKey(ctx context.Context, c client.Reader, f func(*keygatev1.ApiKey) error) error {
+	for b := range policyBuckets {
+		list := &keygatev1.ApiKeyList{}
+		if err := c.List(ctx, list, client.MatchingFields{indexPolicyRef: anyPolicyBucket(b)}, client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list ApiKeys: %w", err)
+		}
+		for i := range list.Items {
+			if err := f(&list.Items[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // eachApiKeyOfPolicy calls f with each ApiKey of policy in namespace, from
 // the cache, a bucket at a time, until f fails. The ApiKey is read only
 // (shared with the cache); f should not keep it, so that a bucket's copies
@@ -145,7 +171,7 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 // FieldIndexer gets IndexField.
 func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
 	policyRef := func(o client.Object) []string {
-		return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName())}
+		return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName()), anyPolicyBucket(bundle.ShardOf(o.GetName(), policyBuckets))}
 	}
 	keyID := func(o client.Object) []string {
 		if id := o.(*keygatev1.ApiKey).Status.KeyID; id != "" {
@@ -159,8 +185,15 @@ func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
 			return fmt.Errorf("index ApiKeys: %w", err)
 		}
 		if err := inf.AddIndexers(toolscache.Indexers{
-			fieldIndexName(indexPolicyRef): namespacedIndex(policyRef),
-			fieldIndexName(indexKeyID):     namespacedIndex(keyID),
+			fieldIndexName(indexPolicyRef): func(obj any) ([]string, error) {
+				o, ok := obj.(*keygatev1.ApiKey)
+				if !ok {
+					return nil, fmt.Errorf("index: %T is not an ApiKey", obj)
+				}
+				v := policyRef(o)
+				return []string{o.Namespace + "/" + v[0], allNamespacesIndexKey + v[1]}, nil
+			},
+			fieldIndexName(indexKeyID): namespacedIndex(keyID),
 		}); err != nil {
 			return fmt.Errorf("index ApiKeys: %w", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -206,6 +207,13 @@ func contains(list []string, s string) bool {
 // controllers, so a test drives the reconcilers one pass at a time.
 func startCache(t *testing.T, ns string) client.Client {
 	t.Helper()
+	return startIndexedManager(t, ns).GetClient()
+}
+
+// startIndexedManager starts a manager of namespace ns with the ApiKey
+// indexes and no reconcilers, its cache synced.
+func startIndexedManager(t *testing.T, ns string) ctrl.Manager {
+	t.Helper()
 	mgr := newTestManager(t, ns)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := indexPolicyRefs(ctx, mgr.GetFieldIndexer()); err != nil {
@@ -222,5 +230,5 @@ func startCache(t *testing.T, ns string) client.Client {
 	if !mgr.GetCache().WaitForCacheSync(ctx) {
 		t.Fatal("cache did not sync")
 	}
-	return mgr.GetClient()
+	return mgr
 }
