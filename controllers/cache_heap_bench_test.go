@@ -153,7 +153,6 @@ func BenchmarkBundleViewsLiveHeap(b *testing.B) {
 		shards[s] = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: bundle.ShardName("bench", count, s), ResourceVersion: "1",
 			Labels: map[string]string{bundle.LabelShard: fmt.Sprint(s)}}, Data: map[string][]byte{bundle.SecretDataKey: data}}
 	}
-	keys = nil
 	for b.Loop() {
 		var views bundleViews
 		base := liveHeap()
