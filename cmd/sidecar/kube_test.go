@@ -40,6 +40,8 @@ var (
 	env        *envtest.Environment
 	admin      kubernetes.Interface
 	kubeconfig string
+	// workDir is a directory of the test binary's, removed when it ends.
+	workDir string
 )
 
 func TestMain(m *testing.M) {
@@ -58,6 +60,7 @@ func runMain(m *testing.M) int {
 		panic(err)
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
+	workDir = dir
 	// kube-apiserver waits for open watches on SIGTERM; after this it is
 	// killed, which is the outage the test wants anyway.
 	env = &envtest.Environment{ControlPlaneStopTimeout: 3 * time.Second}

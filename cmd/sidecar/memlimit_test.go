@@ -25,3 +25,44 @@ func TestMemoryLimitFlag(t *testing.T) {
 		t.Fatalf("runtime limit %d after --memory-limit=48Mi (run: %v)", got, err)
 	}
 }
+
+// --gogc sets the collector's target before the sidecar starts: DefaultGOGC
+// unless GOGC is set, then GOGC; a bad one is refused.
+func TestGOGCFlag(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	start := func(extra ...string) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // it stops at once
+		return run(ctx, append([]string{"--bundle-file", t.TempDir() + "/none.json", "--upstream-port", "8080", "--port", "0",
+			"--admin-port", "0", "--bind-address", "127.0.0.1"}, extra...), nil)
+	}
+	gcPercent := func() int {
+		p := debug.SetGCPercent(100)
+		debug.SetGCPercent(p)
+		return p
+	}
+	t.Setenv("GOGC", "")
+	_ = start()
+	if got := gcPercent(); got != DefaultGOGC {
+		t.Fatalf("GOGC unset: collector target %d, want %d", got, DefaultGOGC)
+	}
+	t.Setenv("GOGC", "80")
+	_ = start()
+	if got := gcPercent(); got != 80 {
+		t.Fatalf("GOGC=80: collector target %d, want 80", got)
+	}
+	_ = start("--gogc", "40")
+	if got := gcPercent(); got != 40 {
+		t.Fatalf("--gogc=40: collector target %d, want 40", got)
+	}
+	_ = start("--gogc", "off")
+	if got := gcPercent(); got != -1 {
+		t.Fatalf("--gogc=off: collector target %d, want -1 (off)", got)
+	}
+	for _, bad := range []string{"0", "-5", "lots"} {
+		if err := start("--gogc", bad); err == nil || !strings.Contains(err.Error(), `--gogc "`+bad+`"`) {
+			t.Fatalf("--gogc=%s: %v", bad, err)
+		}
+	}
+}

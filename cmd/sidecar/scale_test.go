@@ -1,23 +1,23 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/sidecar/bundletest"
@@ -109,10 +109,10 @@ func BenchmarkShardWatches(b *testing.B) {
 	}
 }
 
-// processRSS runs the sidecar binary (built from this tree, default flags
-// apart from its addresses) on the bundle, waits until it logs the n keys,
-// makes 2 x BENCH_PROCESS changes of the shard (one key out, back in), and
-// reports the process's peak and final RSS.
+// processRSS runs the sidecar binary (default flags apart from its
+// addresses) on the bundle, waits until it logs the n keys, makes 2 x
+// BENCH_PROCESS changes of the shard (one key out, back in), and reports the
+// process's peak and final RSS.
 func processRSS(b *testing.B, ns, pol string, n int, shard string, with, without []byte) {
 	ctx := context.Background()
 	s, err := admin.CoreV1().Secrets(ns).Get(ctx, shard, metav1.GetOptions{})
@@ -120,58 +120,9 @@ func processRSS(b *testing.B, ns, pol string, n int, shard string, with, without
 	s.Data[bundle.SecretDataKey] = with
 	_, err = admin.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
 	must(b, err)
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "sidecar")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
-	user, err := env.AddUser(envtest.User{Name: "bench-admin", Groups: []string{"system:masters"}}, nil)
-	must(b, err)
-	kc, err := user.KubeConfig()
-	must(b, err)
-	kcFile := filepath.Join(dir, "kubeconfig")
-	must(b, os.WriteFile(kcFile, kc, 0o600))
-	cmd := exec.Command(bin, "--policy", pol, "--namespace", ns, "--kubeconfig", kcFile, "--upstream-port", "1",
-		"--port", "0", "--admin-port", "0", "--bind-address", "127.0.0.1")
-	logs, err := cmd.StderrPipe()
-	must(b, err)
-	must(b, cmd.Start())
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	loaded := make(chan int, 1024)
-	go func() {
-		sc := bufio.NewScanner(logs)
-		for sc.Scan() {
-			var line struct {
-				Msg  string `json:"msg"`
-				Keys int    `json:"keys"`
-			}
-			if os.Getenv("BENCH_DEBUG") != "" {
-				b.Log(sc.Text())
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "Loaded bundle" {
-				loaded <- line.Keys
-			}
-		}
-		close(loaded)
-	}()
-	wait := func(keys int) {
-		deadline := time.After(time.Minute)
-		for {
-			select {
-			case got, ok := <-loaded:
-				if !ok {
-					b.Fatal("the sidecar ended")
-				}
-				if got == keys {
-					return
-				}
-			case <-deadline:
-				b.Fatalf("the sidecar did not log %d keys", keys)
-			}
-		}
-	}
-	wait(n)
-	loadHWM := statusMiB(b, cmd.Process.Pid, "VmHWM:")
+	p := startSidecar(b, ns, pol)
+	p.waitKeys(b, n, time.Minute)
+	loadHWM := p.statusMiB(b, "VmHWM:")
 	changes, err := strconv.Atoi(os.Getenv("BENCH_PROCESS"))
 	must(b, err)
 	for i := range 2 * changes {
@@ -180,24 +131,140 @@ func processRSS(b *testing.B, ns, pol string, n int, shard string, with, without
 		s.Data[bundle.SecretDataKey] = [][]byte{without, with}[i%2]
 		_, err = admin.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
 		must(b, err)
-		wait(n - 1 + i%2)
+		p.waitKeys(b, n-1+i%2, time.Minute)
 	}
 	b.ReportMetric(loadHWM, "load-VmHWM-MiB")
-	b.ReportMetric(statusMiB(b, cmd.Process.Pid, "VmHWM:"), "VmHWM-MiB")
-	b.ReportMetric(statusMiB(b, cmd.Process.Pid, "VmRSS:"), "VmRSS-MiB")
+	b.ReportMetric(p.statusMiB(b, "VmHWM:"), "VmHWM-MiB")
+	b.ReportMetric(p.statusMiB(b, "VmRSS:"), "VmRSS-MiB")
 }
 
-// statusMiB reads a kB field of /proc/<pid>/status in MiB.
-func statusMiB(b *testing.B, pid int, field string) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	must(b, err)
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, field); ok {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+// BenchmarkShardBulk is a bulk creation as make bench-scale's reaches the
+// sidecar binary (its production defaults, no container limit): a policy of
+// BENCH_KEYS keys (default 100,000: 64 shards) whose keys arrive in
+// BENCH_BULK_STEPS steps (default 50), each rewriting every shard with the
+// keys added so far, 8 shards at a time as the operator writes them (bench-scale
+// at 100,000 keys wrote some 3,400 shards). Each step waits until the
+// sidecar logs the step's keys, as the operator's pacing of additions lets it.
+// It reports the process's peak RSS (VmHWM), its RSS at the end, and the
+// seconds from the first write to all keys loaded.
+func BenchmarkShardBulk(b *testing.B) {
+	n := bundletest.ScaleKeys(b)
+	steps := 50
+	if v := os.Getenv("BENCH_BULK_STEPS"); v != "" {
+		var err error
+		steps, err = strconv.Atoi(v)
+		must(b, err)
+	}
+	ctx := context.Background()
+	for range b.N {
+		ns, pol := "bulk-"+strconv.FormatInt(time.Now().UnixNano(), 36), "bulk-api"
+		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		must(b, err)
+		_, err = admin.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: bundle.RevocationsConfigMapName(pol)}}, metav1.CreateOptions{})
+		must(b, err)
+		f := bundletest.New(bundle.AlgEdDSA)
+		f.Bundle.Policy.Namespace, f.Bundle.Policy.Name = ns, pol
+		f.AddScaleKeys(n, []string{"charges:List", "reports:All"})
+		order := make(map[string]int, n) // a key's place in the order of arrival
+		for i, k := range f.Bundle.Keys {
+			order[k.KeyID] = i
+		}
+		index, full := f.Sharded(pol, bundle.ShardCount(n))
+		shards := make([]*corev1.Secret, len(full))
+		// write puts the keys of shard i that arrived before upTo in its
+		// Secret; writeAll does so for every shard, 8 at a time.
+		write := func(i, upTo int) error {
+			doc := full[i]
+			doc.Keys = slices.DeleteFunc(slices.Clone(doc.Keys), func(k bundle.Key) bool { return order[k.KeyID] >= upTo })
+			data, err := json.Marshal(&doc)
+			if err != nil {
+				return err
+			}
+			if shards[i] == nil {
+				shards[i], err = admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: index.Shards[i]},
+					Data: map[string][]byte{bundle.SecretDataKey: data}}, metav1.CreateOptions{})
+				return err
+			}
+			shards[i].Data[bundle.SecretDataKey] = data
+			shards[i], err = admin.CoreV1().Secrets(ns).Update(ctx, shards[i], metav1.UpdateOptions{})
+			return err
+		}
+		writeAll := func(upTo int) {
+			errs := make([]error, len(shards))
+			slots := make(chan struct{}, 8)
+			var wg sync.WaitGroup
+			for i := range shards {
+				slots <- struct{}{}
+				wg.Go(func() { errs[i] = write(i, upTo); <-slots })
+			}
+			wg.Wait()
+			must(b, errors.Join(errs...))
+		}
+		writeAll(0)
+		data, err := json.Marshal(&index)
+		must(b, err)
+		_, err = admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: bundle.SecretName(pol)},
+			Data: map[string][]byte{bundle.SecretDataKey: data}}, metav1.CreateOptions{})
+		must(b, err)
+		profDir := os.Getenv("BENCH_PROFILE")
+		var extra []string
+		if profDir != "" {
+			extra = append(extra, "--enable-pprof")
+		}
+		p := startSidecar(b, ns, pol, extra...)
+		adminAddr := <-p.admin
+		p.waitKeys(b, 0, time.Minute)
+		start := time.Now()
+		for s := 1; s <= steps; s++ {
+			upTo := n * s / steps
+			stop := make(chan struct{})
+			var profiled sync.WaitGroup
+			if profDir != "" && s > steps*9/10 {
+				profiled.Go(func() { heapProfiles(b, adminAddr, profDir, s, stop) })
+			}
+			writeAll(upTo)
+			p.waitKeys(b, upTo, 2*time.Minute)
+			close(stop)
+			profiled.Wait()
+		}
+		b.ReportMetric(time.Since(start).Seconds(), "bulk-s")
+		if profDir != "" {
+			resp, err := http.Get("http://" + adminAddr + "/debug/pprof/heap?debug=1") //nolint:noctx // bounded by the benchmark
 			must(b, err)
-			return float64(kb) / 1024
+			data, err := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			must(b, err)
+			must(b, os.WriteFile(filepath.Join(profDir, "bulk-memstats.txt"), data, 0o600))
+		}
+		b.ReportMetric(p.statusMiB(b, "VmHWM:"), "VmHWM-MiB")
+		b.ReportMetric(p.statusMiB(b, "VmRSS:"), "VmRSS-MiB")
+		must(b, admin.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}))
+	}
+}
+
+// heapProfiles saves the sidecar's heap profile (as of its last collection)
+// every 250 ms into dir until stop is closed (BenchmarkShardBulk with
+// BENCH_PROFILE=<dir>).
+func heapProfiles(b *testing.B, admin, dir string, step int, stop chan struct{}) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+		resp, err := http.Get("http://" + admin + "/debug/pprof/heap") //nolint:noctx // bounded by the benchmark
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		data, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("bulk-heap-%02d-%02d.pprof", step, i)), data, 0o600)
+		}
+		if err != nil {
+			b.Error(err)
+			return
 		}
 	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
 }

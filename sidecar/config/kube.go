@@ -27,12 +27,13 @@ import (
 // and watch call reports its outcome to health, which is how an unreachable
 // API server is noticed (client-go retries refused watches silently).
 func namedInformer(client rest.Interface, resource, ns, name string, obj runtime.Object, health func(error)) cache.SharedIndexInformer {
-	return cache.NewSharedIndexInformer(namedListWatch(client, resource, ns, name, health), obj, 0, cache.Indexers{})
+	return cache.NewSharedIndexInformer(namedListWatch(client, resource, ns, name, health, nil), obj, 0, cache.Indexers{})
 }
 
 // namedListWatch lists and watches the one object ns/name of a resource (see
-// namedInformer); the watch reads its events with watchNamed.
-func namedListWatch(client rest.Interface, resource, ns, name string, health func(error)) *cache.ListWatch {
+// namedInformer); the watch reads its events with watchNamed (and in, when
+// set, applies them as they are read).
+func namedListWatch(client rest.Interface, resource, ns, name string, health func(error), in *applier) *cache.ListWatch {
 	sel := fields.OneTermEqualSelector("metadata.name", name)
 	lw := cache.NewListWatchFromClient(client, resource, ns, sel)
 	return &cache.ListWatch{
@@ -43,7 +44,7 @@ func namedListWatch(client rest.Interface, resource, ns, name string, health fun
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel.String()
-			out, err := watchNamed(ctx, client, resource, ns, o)
+			out, err := watchNamed(ctx, client, resource, ns, o, in)
 			health(err)
 			return out, err
 		},
@@ -74,8 +75,9 @@ type Kubernetes struct {
 	sharded *shardedState
 	// runCtx is Run's context, under which shard watches run.
 	runCtx context.Context
-	// shardLists bounds the shard lists in flight (shardListsAtOnce).
-	shardLists chan struct{}
+	// shardReads bounds the shard lists and events read and applied at
+	// once (shardReadsAtOnce).
+	shardReads chan struct{}
 }
 
 // report records the outcome of one list or watch call of what and passes
@@ -110,7 +112,7 @@ func (k *Kubernetes) report(what string, err error) {
 func (k *Kubernetes) Run(ctx context.Context) error {
 	k.applyMu.Lock()
 	k.runCtx = ctx
-	k.shardLists = make(chan struct{}, shardListsAtOnce)
+	k.shardReads = make(chan struct{}, shardReadsAtOnce)
 	k.applyMu.Unlock()
 	secretName := bundle.SecretName(k.Policy)
 	cmName := bundle.RevocationsConfigMapName(k.Policy)

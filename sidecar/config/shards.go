@@ -99,16 +99,20 @@ func (k *Kubernetes) stopShards() {
 	k.sharded = nil
 }
 
-// shardListsAtOnce is how many shard Secrets are listed (and applied) at
-// once: when a sidecar starts, its 64 shard watches (100,000 keys) would
-// otherwise each hold a response and a decoded Secret of some 280 KiB at the
-// same moment, while the shards are applied one at a time anyway.
-const shardListsAtOnce = 4
+// shardReadsAtOnce is how many shard Secrets are listed, or read from their
+// watches, and applied at once (each is compiled under applyMu, one at a
+// time, so more only lets reads overlap a compilation): when a sidecar
+// starts, or when the operator rewrites many shards at once (a bulk
+// creation at 100,000 keys), the 64 shard watches would otherwise each hold
+// a response and a decoded Secret of some 280 KiB at the same moment.
+const shardReadsAtOnce = 4
 
 // watchShard starts the watch of one shard Secret and returns its stop. It
-// is a list-and-watch without a store: each version received is applied and
-// dropped (an informer would keep the last one of each shard, 18 MiB at
-// 100,000 keys, beside the compiled keys).
+// is a list-and-watch without a store: each version received is applied as
+// it is read, holding one of shardReads, and dropped (an informer would
+// keep the last one of each shard, 18 MiB at 100,000 keys, beside the
+// compiled keys; a reflector's queue would hold the versions received while
+// the shards before them are applied).
 func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 	ctx, cancel := context.WithCancel(k.runCtx)
 	what := "Secret " + name
@@ -117,19 +121,24 @@ func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 			k.report(what, err)
 		}
 	}
-	lw := namedListWatch(k.Client, "secrets", k.Namespace, name, health)
+	lw := namedListWatch(k.Client, "secrets", k.Namespace, name, health, &applier{slots: k.shardReads, apply: func(obj runtime.Object) {
+		if s, ok := obj.(*corev1.Secret); ok && s.Name == name {
+			k.applyShard(s)
+			s.Data = nil // the reflector keeps only the version
+		}
+	}})
 	list := lw.ListWithContextFunc
 	lw.ListWithContextFunc = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		select {
-		case k.shardLists <- struct{}{}:
+		case k.shardReads <- struct{}{}:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		defer func() { <-k.shardLists }()
+		defer func() { <-k.shardReads }()
 		out, err := list(ctx, o)
 		// Applied here, while the slot is held, and handed on empty: the
 		// watch that follows starts from the list's resourceVersion, and
-		// its events are applied as they come (Process).
+		// its events are applied as they are read (applier).
 		if l, ok := out.(*corev1.SecretList); ok && err == nil {
 			for i := range l.Items {
 				if l.Items[i].Name == name {
@@ -144,16 +153,8 @@ func (k *Kubernetes) watchShard(name string) context.CancelFunc {
 		Queue:         cache.NewDeltaFIFOWithOptions(cache.DeltaFIFOOptions{KeyFunction: cache.MetaNamespaceKeyFunc}),
 		ListerWatcher: listThenWatch{lw},
 		ObjectType:    &corev1.Secret{},
-		Process: func(obj any, _ bool) error {
-			if d, ok := obj.(cache.Deltas); ok {
-				if last := d.Newest(); last != nil && last.Type != cache.Deleted {
-					if s, ok := last.Object.(*corev1.Secret); ok && s.Name == name {
-						k.applyShard(s)
-					}
-				}
-			}
-			return nil
-		},
+		// Nothing left to do: the list and the watch applied each version.
+		Process:                      func(any, bool) error { return nil },
 		WatchErrorHandlerWithContext: func(_ context.Context, _ *cache.Reflector, err error) { health(err) },
 	})
 	go ctrl.RunWithContext(ctx)
