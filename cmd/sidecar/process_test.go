@@ -129,3 +129,18 @@ func (p *sidecarProcess) statusMiB(b *testing.B, field string) float64 {
 	b.Fatalf("no %s in /proc/%d/status", field, p.cmd.Process.Pid)
 	return 0
 }
+
+// cpuSeconds is the CPU time the process has used (user and system).
+func (p *sidecarProcess) cpuSeconds(b *testing.B) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	must(b, err)
+	// Fields after the command (in parentheses): utime and stime are the
+	// 12th and 13th, in clock ticks (100 a second on Linux).
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	utime, err := strconv.Atoi(fields[11])
+	must(b, err)
+	stime, err := strconv.Atoi(fields[12])
+	must(b, err)
+	return float64(utime+stime) / 100
+}

@@ -145,8 +145,9 @@ func processRSS(b *testing.B, ns, pol string, n int, shard string, with, without
 // keys added so far, 8 shards at a time as the operator writes them (bench-scale
 // at 100,000 keys wrote some 3,400 shards). Each step waits until the
 // sidecar logs the step's keys, as the operator's pacing of additions lets it.
-// It reports the process's peak RSS (VmHWM), its RSS at the end, and the
-// seconds from the first write to all keys loaded.
+// It reports the process's peak RSS (VmHWM), its RSS at the end, the
+// seconds from the first write to all keys loaded and the CPU seconds the
+// sidecar used.
 func BenchmarkShardBulk(b *testing.B) {
 	n := bundletest.ScaleKeys(b)
 	steps := 50
@@ -228,6 +229,7 @@ func BenchmarkShardBulk(b *testing.B) {
 			profiled.Wait()
 		}
 		b.ReportMetric(time.Since(start).Seconds(), "bulk-s")
+		b.ReportMetric(p.cpuSeconds(b), "sidecar-cpu-s")
 		if profDir != "" {
 			resp, err := http.Get("http://" + adminAddr + "/debug/pprof/heap?debug=1") //nolint:noctx // bounded by the benchmark
 			must(b, err)

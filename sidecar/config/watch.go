@@ -34,7 +34,7 @@ func watchNamed(ctx context.Context, client rest.Interface, resource, ns string,
 		return nil, err
 	}
 	frames := &frameDecoder{body: body, done: make(chan struct{})}
-	var dec watch.Decoder = restwatch.NewDecoder(frames, codecs.UniversalDeserializer())
+	dec := eventDecoder(frames)
 	if in != nil {
 		frames.slots = in.slots
 		dec = &applyingDecoder{Decoder: dec, frames: frames, apply: in.apply}
@@ -42,6 +42,12 @@ func watchNamed(ctx context.Context, client rest.Interface, resource, ns string,
 	return watch.NewStreamWatcher(dec,
 		// as client-go's own watch reports a stream's decoding error
 		apierrors.NewClientErrorReporter(http.StatusInternalServerError, http.MethodGet, "ClientWatchDecoding")), nil
+}
+
+// eventDecoder decodes the events of a watch stream read by frames; a
+// protobuf Secret is decoded in place (aliasSecret).
+func eventDecoder(frames *frameDecoder) watch.Decoder {
+	return restwatch.NewDecoder(frames, aliasingDecoder{codecs.UniversalDeserializer()})
 }
 
 // applier applies a watch's events where they are read, a few at a time
@@ -135,6 +141,9 @@ func (d *frameDecoder) Decode(defaults *schema.GroupVersionKind, into runtime.Ob
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, nil, err
+	}
+	if ev, ok := into.(*metav1.WatchEvent); ok && aliasWatchEvent(frame, ev) {
+		return ev, nil, nil
 	}
 	return protobufEvents.Decode(frame, defaults, into)
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,4 +97,78 @@ func TestFrameDecoderKeepsNoBuffer(t *testing.T) {
 		t.Fatalf("%d idle watches that each read a 1 MiB event keep %d KiB", watches, grown>>10)
 	}
 	t.Logf("%d idle watches that each read a 1 MiB event keep %d KiB", watches, grown>>10)
+}
+
+// Secrets decoded in place (aliasSecret) are what client-go's decoders make
+// of the same events, whatever the Secret holds; other objects and other
+// events go through client-go's decoders.
+func TestSecretEventsDecodeInPlace(t *testing.T) {
+	immutable := true
+	full := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "keygate--p-64-3", Namespace: "ns", ResourceVersion: "42", UID: "u-1", Generation: 3,
+			Labels: map[string]string{"keygate.dev/bundle-shard": "3"}, Annotations: map[string]string{"keygate.dev/size-cutoff": "12"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "keygate.dev/v1alpha1", Kind: "TokenPolicy", Name: "p", UID: "u-0"}},
+			Finalizers:      []string{"f"}, CreationTimestamp: metav1.Unix(1700000000, 0),
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "keygate", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1",
+				FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}}}},
+		Data:      map[string][]byte{"bundle.json": bytes.Repeat([]byte{'k'}, 300<<10), "empty": {}, "other": []byte("x")},
+		Type:      corev1.SecretTypeOpaque,
+		Immutable: &immutable,
+	}
+	bare := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bare", ResourceVersion: "1"}}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm", ResourceVersion: "2"}, Data: map[string]string{"a": "b"}}
+	status := &metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired, Message: "too old"}
+	info, _ := kruntime.SerializerInfoForMediaType(codecs.SupportedMediaTypes(), kruntime.ContentTypeProtobuf)
+	var stream bytes.Buffer
+	events := streaming.NewEncoder(info.StreamSerializer.NewFrameWriter(&stream), info.StreamSerializer.Serializer)
+	for _, ev := range []struct {
+		typ watch.EventType
+		obj kruntime.Object
+	}{{watch.Added, full}, {watch.Modified, bare}, {watch.Deleted, full}, {watch.Modified, cm}, {watch.Error, status}} {
+		raw, err := kruntime.Encode(codecs.EncoderForVersion(info.Serializer, corev1.SchemeGroupVersion), ev.obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := events.Encode(&metav1.WatchEvent{Type: string(ev.typ), Object: kruntime.RawExtension{Raw: raw}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ours := eventDecoder(&frameDecoder{body: io.NopCloser(bytes.NewReader(stream.Bytes()))})
+	theirs := restwatch.NewDecoder(streaming.NewDecoder(info.StreamSerializer.NewFrameReader(io.NopCloser(bytes.NewReader(stream.Bytes()))), protobufEvents),
+		codecs.UniversalDeserializer())
+	for i := range 5 {
+		typ, obj, err := ours.Decode()
+		wantTyp, want, wantErr := theirs.Decode()
+		if err != nil || wantErr != nil || typ != wantTyp || !reflect.DeepEqual(obj, want) {
+			t.Fatalf("event %d: decoded in place %s %#v (%v), client-go %s %#v (%v)", i, typ, obj, err, wantTyp, want, wantErr)
+		}
+	}
+	// Not a Secret in place: anything that is not a protobuf v1 Secret.
+	for _, data := range [][]byte{nil, []byte(`{"kind":"Secret","apiVersion":"v1"}`), append(slices.Clone(protobufMagic), 0xff)} {
+		if _, ok := aliasSecret(data); ok {
+			t.Fatalf("aliasSecret(%q) took it", data)
+		}
+	}
+}
+
+// Reading a shard's event allocates about its size once (the frame), not
+// once per envelope: 4 copies of the shard document before decoding in place.
+func TestSecretEventDecodesWithOneCopy(t *testing.T) {
+	const size = 300 << 10
+	stream := watchStream(t, kruntime.ContentTypeProtobuf, secretOf("a", size))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const rounds = 10
+	for range rounds {
+		dec := eventDecoder(&frameDecoder{body: io.NopCloser(bytes.NewReader(stream))})
+		if _, obj, err := dec.Decode(); err != nil || len(obj.(*corev1.Secret).Data["bundle.json"]) != size {
+			t.Fatalf("decode: %v", err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	perEvent := (after.TotalAlloc - before.TotalAlloc) / rounds
+	if perEvent > size*3/2 {
+		t.Fatalf("an event of a %d KiB Secret allocated %d KiB", size>>10, perEvent>>10)
+	}
+	t.Logf("an event of a %d KiB Secret allocated %d KiB", size>>10, perEvent>>10)
 }
