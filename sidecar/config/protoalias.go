@@ -54,7 +54,7 @@ func protoFields(m []byte, fn func(num int, wire int, v uint64, b []byte) bool) 
 			m = m[8:]
 		case 2: // length delimited
 			l, n := binary.Uvarint(m)
-			if n <= 0 || l > uint64(len(m)-n) {
+			if n <= 0 || l > uint64(len(m)-n) { //nolint:gosec // len(m) ≥ n > 0
 				return false
 			}
 			b, m = m[n:n+int(l)], m[n+int(l):] //nolint:gosec // l ≤ len(m)

@@ -110,7 +110,7 @@ func TestSecretEventsDecodeInPlace(t *testing.T) {
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "keygate.dev/v1alpha1", Kind: "TokenPolicy", Name: "p", UID: "u-0"}},
 			Finalizers:      []string{"f"}, CreationTimestamp: metav1.Unix(1700000000, 0),
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "keygate", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1",
-				FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}}}},
+				FieldsV1: metav1.NewFieldsV1(`{"f:data":{}}`)}}},
 		Data:      map[string][]byte{"bundle.json": bytes.Repeat([]byte{'k'}, 300<<10), "empty": {}, "other": []byte("x")},
 		Type:      corev1.SecretTypeOpaque,
 		Immutable: &immutable,
