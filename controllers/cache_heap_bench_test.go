@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keygate-dev/keygate/api/bundle"
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
@@ -83,15 +82,9 @@ func BenchmarkCacheLiveHeap(b *testing.B) {
 			}
 		}
 		objects := liveHeap()
-		keyStore := toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, toolscache.Indexers{
-			toolscache.NamespaceIndex: toolscache.MetaNamespaceIndexFunc,
-			fieldIndexName(indexPolicyRef): namespacedIndex(func(o client.Object) []string {
-				return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName())}
-			}),
-			fieldIndexName(indexKeyID): namespacedIndex(func(o client.Object) []string {
-				return []string{keyIDBucket(o.(*keygatev1.ApiKey).Status.KeyID)}
-			}),
-		})
+		indexers := apiKeyIndexers()
+		indexers[toolscache.NamespaceIndex] = toolscache.MetaNamespaceIndexFunc
+		keyStore := toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, indexers)
 		secretStore := toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, toolscache.Indexers{
 			toolscache.NamespaceIndex: toolscache.MetaNamespaceIndexFunc,
 		})

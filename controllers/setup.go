@@ -170,42 +170,54 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 // index, some 35 MiB at 100,000 keys (make bench-scale). Any other
 // FieldIndexer gets IndexField.
 func indexPolicyRefs(ctx context.Context, indexer client.FieldIndexer) error {
-	policyRef := func(o client.Object) []string {
-		return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName()), anyPolicyBucket(bundle.ShardOf(o.GetName(), policyBuckets))}
-	}
-	keyID := func(o client.Object) []string {
-		if id := o.(*keygatev1.ApiKey).Status.KeyID; id != "" {
-			return []string{keyIDBucket(id)}
-		}
-		return nil
-	}
 	if informers, ok := indexer.(cache.Informers); ok {
 		inf, err := informers.GetInformer(ctx, &keygatev1.ApiKey{}, cache.BlockUntilSynced(false))
 		if err != nil {
 			return fmt.Errorf("index ApiKeys: %w", err)
 		}
-		if err := inf.AddIndexers(toolscache.Indexers{
-			fieldIndexName(indexPolicyRef): func(obj any) ([]string, error) {
-				o, ok := obj.(*keygatev1.ApiKey)
-				if !ok {
-					return nil, fmt.Errorf("index: %T is not an ApiKey", obj)
-				}
-				v := policyRef(o)
-				return []string{o.Namespace + "/" + v[0], allNamespacesIndexKey + v[1]}, nil
-			},
-			fieldIndexName(indexKeyID): namespacedIndex(keyID),
-		}); err != nil {
+		if err := inf.AddIndexers(apiKeyIndexers()); err != nil {
 			return fmt.Errorf("index ApiKeys: %w", err)
 		}
 		return nil
 	}
-	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexPolicyRef, policyRef); err != nil {
+	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexPolicyRef, apiKeyPolicyRef); err != nil {
 		return fmt.Errorf("index ApiKeys by policy: %w", err)
 	}
-	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexKeyID, keyID); err != nil {
+	if err := indexer.IndexField(ctx, &keygatev1.ApiKey{}, indexKeyID, apiKeyKeyID); err != nil {
 		return fmt.Errorf("index ApiKeys by key ID: %w", err)
 	}
 	return nil
+}
+
+// apiKeyPolicyRef is an ApiKey's indexPolicyRef values: its policy's
+// bucket, and its bucket across all namespaces (anyPolicyBucket).
+func apiKeyPolicyRef(o client.Object) []string {
+	return []string{policyBucket(o.(*keygatev1.ApiKey).Spec.PolicyRef.Name, o.GetName()), anyPolicyBucket(bundle.ShardOf(o.GetName(), policyBuckets))}
+}
+
+// apiKeyKeyID is an ApiKey's indexKeyID value, none without a key ID.
+func apiKeyKeyID(o client.Object) []string {
+	if id := o.(*keygatev1.ApiKey).Status.KeyID; id != "" {
+		return []string{keyIDBucket(id)}
+	}
+	return nil
+}
+
+// apiKeyIndexers are the indexes added to the cache's ApiKey informer (see
+// indexPolicyRefs): the policy's buckets within the namespace, the bucket
+// across all namespaces, the key ID's bucket within the namespace.
+func apiKeyIndexers() toolscache.Indexers {
+	return toolscache.Indexers{
+		fieldIndexName(indexPolicyRef): func(obj any) ([]string, error) {
+			o, ok := obj.(*keygatev1.ApiKey)
+			if !ok {
+				return nil, fmt.Errorf("index: %T is not an ApiKey", obj)
+			}
+			v := apiKeyPolicyRef(o)
+			return []string{o.Namespace + "/" + v[0], allNamespacesIndexKey + v[1]}, nil
+		},
+		fieldIndexName(indexKeyID): namespacedIndex(apiKeyKeyID),
+	}
 }
 
 // fieldIndexName is the name controller-runtime's cache looks a field index
