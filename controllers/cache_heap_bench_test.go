@@ -40,7 +40,10 @@ func serverCopy[T any](tb testing.TB, obj *T) *T {
 // status the manager wrote, the Secret as the manager wrote it.
 func settledKey(tb testing.TB, i int) (*keygatev1.ApiKey, *corev1.Secret) {
 	tb.Helper()
-	now := metav1.NewTime(time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC))
+	// bench-scale creates some 130 keys a second; each is Ready a little
+	// later, in the shard its key ID falls in.
+	now := metav1.NewTime(time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC).Add(time.Duration(i/130) * time.Second))
+	ready := metav1.NewTime(now.Add(time.Duration(i%7) * time.Second))
 	key := newApiKey("operator-100000", fmt.Sprintf("key-%06d", i), "bench")
 	key.TypeMeta = metav1.TypeMeta{APIVersion: keygatev1.GroupVersion.String(), Kind: "ApiKey"}
 	key.UID = types.UID(fmt.Sprintf("6f0c1d2e-3a4b-4c5d-8e9f-%012d", i))
@@ -49,8 +52,8 @@ func settledKey(tb testing.TB, i int) (*keygatev1.ApiKey, *corev1.Secret) {
 	c := credentials{KeyID: fmt.Sprintf("apk-%020d", i), Secret: fmt.Sprintf("%043d", i), Version: 1, RotatedAt: now.Time, Intact: true}
 	key.Status = keygatev1.ApiKeyStatus{KeyID: c.KeyID, SecretName: key.Name + "-credentials", SecretVersion: 1, LastRotationTime: &now, ObservedGeneration: 1}
 	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{Type: keygatev1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: keygatev1.ReasonReady, Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret keygate--bench-64-%d.", "bench", i%64),
-		ObservedGeneration: 1, LastTransitionTime: now})
+		Reason: keygatev1.ReasonReady, Message: fmt.Sprintf("The key is accepted by TokenPolicy %q and its current secret is in bundle Secret keygate--bench-64-%d.", "bench", bundle.ShardOf(c.KeyID, 64)),
+		ObservedGeneration: 1, LastTransitionTime: ready})
 	s := &corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Status.SecretName, UID: types.UID(fmt.Sprintf("7a1b2c3d-4e5f-4a6b-9c8d-%012d", i)),
 			ResourceVersion: fmt.Sprint(2_000_000 + i), CreationTimestamp: now,

@@ -249,3 +249,41 @@ func TestCredsMemoKeepsNoSecret(t *testing.T) {
 	g.Expect(ids[1]).To(BeIdenticalTo(ids[0]))
 	g.Expect(ids[2]).To(BeIdenticalTo(ids[0]))
 }
+
+// Cached ApiKeys with equal permissions, conditions and rotation time share
+// one copy of each; a copy made to be changed (DeepCopy, what a Get without
+// UnsafeDisableDeepCopy hands out) has its own; a hash collision shares
+// nothing.
+func TestCachedApiKeysShareEqualValues(t *testing.T) {
+	g := NewWithT(t)
+	trimmed := func(i int) *keygatev1.ApiKey {
+		k, _ := cachedSample(i)
+		k = serverCopy(t, k)
+		out, err := trimForCache(k)
+		g.Expect(err).NotTo(HaveOccurred())
+		return out.(*keygatev1.ApiKey)
+	}
+	a, b := trimmed(1), trimmed(2)
+	g.Expect(&b.Spec.Permissions[0]).To(BeIdenticalTo(&a.Spec.Permissions[0]))
+	g.Expect(&b.Status.Conditions[0]).To(BeIdenticalTo(&a.Status.Conditions[0]))
+	g.Expect(b.Status.LastRotationTime).To(BeIdenticalTo(a.Status.LastRotationTime))
+
+	c := b.DeepCopy()
+	c.Spec.Permissions[0] = "changed:Own"
+	c.Status.Conditions[0].Reason = "Changed"
+	c.Status.LastRotationTime.Time = c.Status.LastRotationTime.Add(time.Hour)
+	g.Expect(a.Spec.Permissions[0]).To(BeEquivalentTo("charges:List"))
+	g.Expect(a.Status.Conditions[0].Reason).To(Equal(keygatev1.ReasonReady))
+
+	later := trimmed(3)
+	later.Status.Conditions[0].LastTransitionTime.Time = later.Status.Conditions[0].LastTransitionTime.Add(time.Second)
+	later = serverCopy(t, later)
+	out, err := trimForCache(later)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(&out.(*keygatev1.ApiKey).Status.Conditions[0]).NotTo(BeIdenticalTo(&a.Status.Conditions[0]), "another transition time")
+
+	s := shared[string]{equal: func(x, y string) bool { return x == y }}
+	g.Expect(s.get(7, "one")).To(Equal("one"))
+	g.Expect(s.get(7, "two")).To(Equal("two"), "same hash, another value: not shared")
+	g.Expect(s.get(7, "one")).To(Equal("one"))
+}
