@@ -3,7 +3,9 @@ package controllers
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -238,18 +240,26 @@ func (in *interner) intern(s string) string {
 }
 
 // A credentials Secret is cached folded: its annotations and data entries
-// are packed into one string, kept in its labels map under a key no API
-// object can have (it starts with a NUL byte, which label keys cannot
-// hold), and its Annotations and Data maps are dropped; the authorization
-// entry, when it is the one its key ID and secret make, is kept as a mark
-// only. At 100,000 keys the two maps and their many small strings were half
-// of each cached credentials Secret (a Go map of up to 8 entries takes some
-// 300 bytes however few it holds; the labels map has room for the packed
-// entry). Readers of a cached credentials Secret go through
-// credentialsData and credentialsAnnotation (read only) or
+// are packed into one string, kept in its GenerateName behind a NUL byte
+// (the API server sets a generateName only on an object created with one,
+// and never with a NUL byte; the Secret's own, if any, is packed too), and
+// its Annotations and Data maps are dropped; the authorization entry, when
+// it is the one its key ID and secret make, is kept as a mark only. Its
+// labels, when they are the three keygate writes (managed by keygate, its
+// policy, its ApiKey, the Secret's controller), are a map shared by every
+// such Secret of the policy, the ApiKey's name replaced by a mark
+// (credentialsKeyName reads it). At 100,000 keys the three maps and their
+// many small strings were more than half of each cached credentials Secret
+// (a Go map of up to 8 entries takes some 300 bytes however few it holds).
+// Readers of a cached credentials Secret go through credentialsData,
+// credentialsAnnotation and credentialsKeyName (read only) or
 // unfoldCredentials (a copy of one's own, before anything is compared or
 // written), which give back exactly what the API server holds.
-const foldedLabel = "\x00credentials"
+const foldedMark = "\x00"
+
+// ownerNameMark is the value of a folded Secret's shared
+// keygate.dev/apikey label: the name of the ApiKey that controls it.
+const ownerNameMark = "\x00owner"
 
 // Records of a packed credentials Secret: a tag, then (but for
 // foldDerivedAuth) the key, as one byte indexing foldKnownKeys or as a
@@ -261,6 +271,7 @@ const (
 	foldData            = 'd' // a data entry, literal key
 	foldDataKnown       = 'D' // a data entry, known key
 	foldDerivedAuth     = '=' // the authorization is the one key ID and secret make
+	foldGenerateName    = 'g' // the Secret's own generateName: a length and the value
 )
 
 // foldKnownKeys are the keys a credentials Secret always has, packed as
@@ -275,14 +286,14 @@ func isCredentialsSecret(s *corev1.Secret) bool {
 }
 
 // foldCredentials folds the annotations and data of a credentials Secret
-// into one entry of its labels (see foldedLabel); other Secrets are left
-// alone.
+// into its GenerateName, and shares its labels (see foldedMark); other
+// Secrets are left alone.
 func foldCredentials(s *corev1.Secret) {
 	if !isCredentialsSecret(s) || len(s.Data) == 0 || isFolded(s) {
 		return
 	}
 	derived := basicAuthorization(string(s.Data[CredentialsKeyID]), string(s.Data[CredentialsSecret]))
-	size := 0
+	size := len(foldedMark) + len(s.GenerateName) + binary.MaxVarintLen64 + 1
 	for k, v := range s.Annotations {
 		size += len(k) + len(v) + 2*binary.MaxVarintLen64 + 1
 	}
@@ -290,6 +301,12 @@ func foldCredentials(s *corev1.Secret) {
 		size += len(k) + len(v) + 2*binary.MaxVarintLen64 + 1
 	}
 	packed := make([]byte, 0, size)
+	packed = append(packed, foldedMark...)
+	if s.GenerateName != "" {
+		packed = append(packed, foldGenerateName)
+		packed = binary.AppendUvarint(packed, uint64(len(s.GenerateName)))
+		packed = append(packed, s.GenerateName...)
+	}
 	put := func(literal, known byte, k, v string) {
 		if i := slices.Index(foldKnownKeys, k); i >= 0 {
 			packed = append(packed, known, byte(i)) //nolint:gosec // i < len(foldKnownKeys), a dozen
@@ -311,22 +328,50 @@ func foldCredentials(s *corev1.Secret) {
 		}
 		put(foldData, foldDataKnown, k, string(v))
 	}
-	labels := make(map[string]string, len(s.Labels)+1)
-	for k, v := range s.Labels {
-		labels[k] = v
+	if labels := sharedCredentialsLabels(s); labels != nil {
+		s.Labels = labels
 	}
-	labels[foldedLabel] = string(packed)
-	s.Labels, s.Annotations, s.Data = labels, nil, nil
+	s.GenerateName, s.Annotations, s.Data = string(packed), nil, nil
+}
+
+// sharedCredentialsLabelMaps holds the labels shared by folded Secrets.
+var sharedCredentialsLabelMaps = shared[map[string]string]{equal: maps.Equal[map[string]string, map[string]string]}
+
+// sharedCredentialsLabels is the shared labels map of credentials Secret s
+// (see foldedMark); nil when its labels are not the three keygate writes.
+func sharedCredentialsLabels(s *corev1.Secret) map[string]string {
+	owner := metav1.GetControllerOfNoCopy(s)
+	policy := s.Labels[keygatev1.LabelTokenPolicy]
+	if len(s.Labels) != 3 || owner == nil || policy == "" || s.Labels[keygatev1.LabelApiKey] != owner.Name ||
+		s.Labels[keygatev1.LabelManagedBy] != keygatev1.ManagedByValue {
+		return nil
+	}
+	labels := map[string]string{keygatev1.LabelManagedBy: keygatev1.ManagedByValue,
+		keygatev1.LabelTokenPolicy: interned.intern(policy), keygatev1.LabelApiKey: ownerNameMark}
+	return sharedCredentialsLabelMaps.get(maphash.Comparable(sharedSeed, policy), labels)
+}
+
+// credentialsKeyName is the keygate.dev/apikey label of a Secret, folded
+// or not.
+func credentialsKeyName(o metav1.Object) string {
+	v := o.GetLabels()[keygatev1.LabelApiKey]
+	if v == ownerNameMark {
+		if owner := metav1.GetControllerOfNoCopy(o); owner != nil {
+			return owner.Name
+		}
+		return ""
+	}
+	return v
 }
 
 // isFolded tells a Secret folded by foldCredentials.
 func isFolded(s *corev1.Secret) bool {
-	_, ok := s.Labels[foldedLabel]
-	return ok
+	return strings.HasPrefix(s.GenerateName, foldedMark)
 }
 
 // eachFolded calls f with each record of packed (tag foldAnnotation or
-// foldData with its key and value, or foldDerivedAuth) until f returns
+// foldData with its key and value, foldGenerateName with its value, or
+// foldDerivedAuth) until f returns
 // false. The key and value share packed's bytes. A malformed record (only a
 // changed cache could make one) ends the walk.
 func eachFolded(packed string, f func(tag byte, k, v string) bool) {
@@ -354,6 +399,7 @@ func eachFolded(packed string, f func(tag byte, k, v string) bool) {
 				return
 			}
 			continue
+		case foldGenerateName:
 		case foldAnnotationKnown, foldDataKnown:
 			if len(p) == 0 || int(p[0]) >= len(foldKnownKeys) {
 				return
@@ -380,10 +426,10 @@ func eachFolded(packed string, f func(tag byte, k, v string) bool) {
 // foldedValue is the record of tag (foldAnnotation or foldData) and key k
 // of a folded Secret.
 func foldedValue(s *corev1.Secret, tag byte, k string) (v string, found bool) {
-	packed, ok := s.Labels[foldedLabel]
-	if !ok {
+	if !isFolded(s) {
 		return "", false
 	}
+	packed := s.GenerateName[len(foldedMark):]
 	derived := false
 	eachFolded(packed, func(t byte, key, val string) bool {
 		switch {
@@ -430,15 +476,23 @@ func unfoldCredentials(s *corev1.Secret) {
 	if s == nil || !isFolded(s) {
 		return
 	}
-	packed := s.Labels[foldedLabel]
-	delete(s.Labels, foldedLabel)
+	packed := s.GenerateName[len(foldedMark):]
+	labels := make(map[string]string, len(s.Labels))
+	for k, v := range s.Labels {
+		if k == keygatev1.LabelApiKey && v == ownerNameMark {
+			v = credentialsKeyName(s)
+		}
+		labels[k] = v
+	}
 	data := map[string][]byte{}
 	annotations := map[string]string{}
-	derived := false
+	generateName, derived := "", false
 	eachFolded(packed, func(tag byte, k, v string) bool {
 		switch tag {
 		case foldDerivedAuth:
 			derived = true
+		case foldGenerateName:
+			generateName = v
 		case foldAnnotation:
 			annotations[k] = v
 		case foldData:
@@ -452,5 +506,5 @@ func unfoldCredentials(s *corev1.Secret) {
 	if len(annotations) == 0 {
 		annotations = nil
 	}
-	s.Annotations, s.Data = annotations, data
+	s.Labels, s.GenerateName, s.Annotations, s.Data = labels, generateName, annotations, data
 }

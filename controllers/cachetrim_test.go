@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -77,12 +78,17 @@ func TestTrimForCacheKeepsEveryValue(t *testing.T) {
 		g.Expect(equality.Semantic.DeepEqual(out, c.want)).To(BeTrue(), "%T changed beyond managedFields and last-applied: %v", c.got, out)
 	}
 
-	// Two Secrets trimmed: their maps are their own.
+	// Two credentials Secrets trimmed share their labels (read only); a
+	// copy made to be changed (as a Get hands out) has its own.
 	_, other := cachedSample(2)
 	o, err := trimForCache(other)
 	g.Expect(err).NotTo(HaveOccurred())
 	other = o.(*corev1.Secret)
-	other.Labels["x"] = "y"
+	g.Expect(reflect.ValueOf(other.Labels).UnsafePointer()).To(Equal(reflect.ValueOf(secret.Labels).UnsafePointer()), "shared labels")
+	g.Expect(credentialsKeyName(other)).To(Equal("key-000002"))
+	g.Expect(credentialsKeyName(secret)).To(Equal("key-000001"))
+	mine := other.DeepCopy()
+	mine.Labels["x"] = "y"
 	g.Expect(secret.Labels).NotTo(HaveKey("x"))
 	g.Expect(secret.Annotations).To(BeNil(), "a credentials Secret's annotations are folded too")
 }
@@ -105,7 +111,10 @@ func TestFoldedCredentialsUnfoldExactly(t *testing.T) {
 			s.Annotations["example.com/long"] = strings.Repeat("ü", 300) // lengths past one varint byte
 			s.Annotations["example.com/empty"] = ""
 		},
-		"a label added": func(s *corev1.Secret) { s.Labels["team"] = "payments" },
+		"a label added":        func(s *corev1.Secret) { s.Labels["team"] = "payments" },
+		"another ApiKey label": func(s *corev1.Secret) { s.Labels[keygatev1.LabelApiKey] = "someone-else" },
+		"no controller":        func(s *corev1.Secret) { s.OwnerReferences[0].Controller = nil },
+		"a generateName":       func(s *corev1.Secret) { s.GenerateName = "key-" },
 	}
 	for name, edit := range variants {
 		_, server := cachedSample(3)
@@ -123,6 +132,8 @@ func TestFoldedCredentialsUnfoldExactly(t *testing.T) {
 			g.Expect(credentialsAnnotation(cached, k)).To(Equal(v), "%s: annotation %q", name, k)
 		}
 		g.Expect(credentialsAnnotation(cached, "example.com/absent")).To(BeEmpty(), name)
+		g.Expect(credentialsKeyName(cached)).To(Equal(server.Labels[keygatev1.LabelApiKey]), name)
+		g.Expect(isCredentialsSecret(cached)).To(Equal(isCredentialsSecret(server)), name)
 		g.Expect(readCredentials(cached)).To(Equal(readCredentials(server)), name)
 		unfoldCredentials(cached)
 		g.Expect(equality.Semantic.DeepEqual(cached, server)).To(BeTrue(), "%s: unfolded %v, want %v", name, cached, server)

@@ -475,7 +475,7 @@ func (r *TokenPolicyReconciler) touchApiKey(policy string, o client.Object) {
 
 // touchCredentials notes that the ApiKey of credentials Secret o changed.
 func (r *TokenPolicyReconciler) touchCredentials(policy string, o client.Object) {
-	if key := o.GetLabels()[keygatev1.LabelApiKey]; key != "" {
+	if key := credentialsKeyName(o); key != "" {
 		r.shardStates.touch(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy}, key)
 	}
 }
