@@ -67,6 +67,7 @@ type policyPass struct {
 	policy  *keygatev1.TokenPolicy
 	signing signingState
 	now     time.Time
+	trace   passTrace
 }
 
 // Reconcile runs the phases in order and writes the status once, at the end.
@@ -87,6 +88,7 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	before := policy.DeepCopy()
 	patch := client.MergeFrom(before)
 	pending := false // the bundle is not written yet; the pass is retried
+	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second), trace: passTrace{start: time.Now()}}
 	defer func() {
 		switch {
 		case pending:
@@ -100,12 +102,11 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 			policy.Status.ObservedGeneration = policy.Generation
 		}
 		recordReadyTransition(r.Recorder, policy, before.Status.Conditions, policy.Status.Conditions)
-		if equality.Semantic.DeepEqual(before.Status, policy.Status) {
-			return
+		if !equality.Semantic.DeepEqual(before.Status, policy.Status) {
+			err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
 		}
-		err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
+		pass.trace.log(ctrl.LoggerFrom(ctx), err)
 	}()
-	pass := &policyPass{policy: policy, now: r.Clock.Now().UTC().Truncate(time.Second)}
 	res, err = runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle, r.ensureUsage)
 	if errors.Is(err, errBundleCacheBehind) {
 		pending = true

@@ -28,11 +28,28 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	p := pass.policy
 	policyKey := client.ObjectKeyFromObject(p)
 	basis := shardBasis(p, count, pass.signing.HashKey)
-	prev, valid, changed, rewrite := r.shardStates.take(policyKey, basis)
+	prev, valid, changed, rewrite, since := r.shardStates.take(policyKey, basis)
+	tr := &pass.trace
+	tr.kind, tr.changed = "incremental", len(changed)
+	if !since.IsZero() {
+		tr.waited = time.Since(since)
+	}
 	st := prev
 	// Reading every key at once costs less than reading most of them one by
 	// one (a resync of the cache names them all).
-	if !r.incremental || !valid || pass.now.Sub(st.built) >= fullPassEvery || len(changed) > len(st.keys)/4+64 {
+	switch {
+	case !r.incremental:
+		tr.why = "not incremental"
+	case prev == nil:
+		tr.why = "no state of this basis"
+	case !valid:
+		tr.why = "over the key limit"
+	case pass.now.Sub(st.built) >= fullPassEvery:
+		tr.why = "periodic"
+	case len(changed) > len(st.keys)/4+64:
+		tr.why = "many changes"
+	}
+	if tr.why != "" {
 		st = nil
 	}
 	if st != nil {
@@ -52,6 +69,7 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 		}
 		if len(st.keys) > maxApiKeys(p) {
 			st = nil // over the limit: the admission order decides, over every shard
+			tr.why = "now over the key limit"
 		}
 	}
 	if st != nil {
@@ -63,17 +81,19 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	}
 	var limitCut *keygatev1.ApiKey
 	if st == nil {
+		tr.kind = "full"
 		var err error
 		if st, limitCut, err = r.fullShardState(ctx, pass, count, basis, prev); err != nil {
 			r.shardStates.keep(policyKey, nil)
 			return shardsPublished{}, err
 		}
 	}
+	tr.read = time.Since(tr.start)
 	st.limited = limitCut != nil
 	if r.incremental {
 		r.shardStates.keep(policyKey, st)
 	}
-	return r.publishSharded(ctx, p, b, st, limitCut)
+	return r.publishSharded(ctx, p, b, st, limitCut, tr)
 }
 
 // shardsPublished is what a v2 bundle write put in front of the sidecars.
@@ -98,15 +118,16 @@ type shardsPublished struct {
 // waits while the policy's additions are paced (additionPacer) and stays
 // dirty; every other change is written at once.
 func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1.TokenPolicy, b *bundle.Bundle,
-	st *shardState, limitCut *keygatev1.ApiKey) (shardsPublished, error) {
+	st *shardState, limitCut *keygatev1.ApiKey, trace *passTrace) (shardsPublished, error) {
 	count := len(st.shards)
 	names := bundle.ShardNames(p.Name, count)
 	hashKeyID := bundle.HashKeyID(b.HashKey)
 	policyKey := client.ObjectKeyFromObject(p)
 	wait := r.pacer.wait(policyKey)
 	var (
-		pub     shardsPublished
-		written atomic.Int64 // bytes
+		pub         shardsPublished
+		written     atomic.Int64 // bytes
+		shardsWrote atomic.Int64 // shards
 	)
 	// The shards are independent of each other: written side by side, a
 	// pass costs about one round trip however many shards changed. One
@@ -128,10 +149,12 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 			if held, ok := r.pacer.onlyAdds(ctx, r.Client, p, names[s], sh.members); ok {
 				sh.kept = held
 				pub.retryAfter = wait
+				trace.paced++
 				continue
 			}
 		}
 		keys := sh.ordered()
+		trace.encoded++
 		doc := &bundle.Shard{Version: bundle.ShardFormatVersion, Count: count, Index: s, HashKeyID: hashKeyID}
 		fit, data, err := encodeShard(doc, keys, maxBundleBytes)
 		if err != nil {
@@ -154,12 +177,14 @@ func (r *TokenPolicyReconciler) publishSharded(ctx context.Context, p *keygatev1
 			r.pacer.record(types.NamespacedName{Namespace: p.Namespace, Name: names[s]}, rv, keys[:fit])
 			if wrote {
 				written.Add(int64(len(data)))
+				shardsWrote.Add(1)
 			}
 			sh.dirty, sh.kept, sh.over = false, fit, len(keys)-fit
 			return nil
 		})
 	}
 	err := g.Wait()
+	trace.written, trace.bytes = int(shardsWrote.Load()), written.Load()
 	r.pacer.wrote(policyKey, written.Load())
 	if err != nil {
 		return shardsPublished{}, err

@@ -46,6 +46,9 @@ type shardStates struct {
 	// rewrite is, per policy, its bundle Secrets changed by someone else
 	// since a pass last took them: their next pass writes them again.
 	rewrite map[types.NamespacedName]map[string]struct{}
+	// since is, per policy, when the oldest change a pass has not taken yet
+	// was noted (how long a change waited for its pass, in the pass's log).
+	since map[types.NamespacedName]time.Time
 }
 
 // shardState is what the passes of one sharded policy built.
@@ -206,17 +209,18 @@ func (sh *shardSet) ordered() []*keyState {
 // the policy is over its key limit: a full pass may still reuse its
 // entries), the keys changed since the last pass and the bundle Secrets
 // someone else changed.
-func (s *shardStates) take(policy types.NamespacedName, basis string) (st *shardState, valid bool, changed, rewrite map[string]struct{}) {
+func (s *shardStates) take(policy types.NamespacedName, basis string) (st *shardState, valid bool, changed, rewrite map[string]struct{}, since time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	changed, rewrite = s.dirty[policy], s.rewrite[policy]
+	changed, rewrite, since = s.dirty[policy], s.rewrite[policy], s.since[policy]
 	delete(s.dirty, policy)
 	delete(s.rewrite, policy)
+	delete(s.since, policy)
 	st = s.m[policy]
 	if st != nil && st.basis != basis {
 		st = nil
 	}
-	return st, st != nil && !st.limited, changed, rewrite
+	return st, st != nil && !st.limited, changed, rewrite, since
 }
 
 // changedBundleSecret notes that someone else changed (or deleted) bundle
@@ -232,6 +236,19 @@ func (s *shardStates) changedBundleSecret(policy types.NamespacedName, name stri
 		s.rewrite[policy] = map[string]struct{}{}
 	}
 	s.rewrite[policy][name] = struct{}{}
+	s.noteSince(policy)
+}
+
+// noteSince records now as the time of the policy's oldest change not taken
+// yet, unless an older one is pending; s.mu is held.
+func (s *shardStates) noteSince(policy types.NamespacedName) {
+	if _, ok := s.since[policy]; ok {
+		return
+	}
+	if s.since == nil {
+		s.since = map[types.NamespacedName]time.Time{}
+	}
+	s.since[policy] = time.Now()
 }
 
 // keep stores the state a pass of policy leaves; nil drops it (the next
@@ -265,6 +282,7 @@ func (s *shardStates) touch(policy types.NamespacedName, name string) {
 		s.dirty[policy] = d
 	}
 	d[name] = struct{}{}
+	s.noteSince(policy)
 }
 
 // forget drops a policy's state (deleted, or no longer sharded).
@@ -274,6 +292,7 @@ func (s *shardStates) forget(policy types.NamespacedName) {
 	delete(s.m, policy)
 	delete(s.dirty, policy)
 	delete(s.rewrite, policy)
+	delete(s.since, policy)
 }
 
 // shardBasis is what every shard of a policy depends on besides its keys.

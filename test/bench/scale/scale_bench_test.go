@@ -226,6 +226,12 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		}
 		args = append(args, "--pprof-bind-address=127.0.0.1:0", "--metrics-bind-address=127.0.0.1:0")
 	}
+	// BENCH_TRACE=1 has the manager log each TokenPolicy pass (V(1), "Bundle
+	// pass"), printed next to the change → sidecar sample it carried.
+	trace := os.Getenv("BENCH_TRACE") != ""
+	if trace {
+		args = append(args, "--zap-log-level=1")
+	}
 	args = append(args, strings.Fields(os.Getenv("BENCH_MANAGER_ARGS"))...)
 	mgr := startProcess(b, "manager", bins["manager"], args...)
 	defer mgr.stop(b)
@@ -322,6 +328,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		}
 		t0 := time.Now()
 		must(b, c.Patch(ctx, key, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"disabled":true}}`))))
+		patched := time.Now()
 		code := authTest(base, user, pass)
 		for code != http.StatusUnauthorized && ctx.Err() == nil {
 			time.Sleep(2 * time.Millisecond) // sampling resolution, not synchronisation
@@ -334,10 +341,16 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		}
 		refused := time.Now()
 		lat = append(lat, refused.Sub(t0))
+		line := fmt.Sprintf("  N=%d: sample %2d (%s): disable PATCH returned +%v", r.n, len(lat), key.Name, ms(patched.Sub(t0)))
 		if count := bundle.ShardCount(r.n); count > 0 {
 			if at, ok := shardWrites.firstAfter(bundle.ShardName(policyName, count, bundle.ShardOf(user, count)), t0); ok && !at.After(refused) {
 				toShard, fromShard = append(toShard, at.Sub(t0)), append(fromShard, refused.Sub(at))
+				line += fmt.Sprintf(", shard written +%v", ms(at.Sub(t0)))
 			}
+		}
+		fmt.Printf("%s, sidecar refuses +%v\n", line, ms(refused.Sub(t0)))
+		if trace {
+			printPasses(mgr, t0, refused)
 		}
 	}
 	slices.Sort(lat)
@@ -468,6 +481,44 @@ func authTest(base, user, pass string) int {
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode
+}
+
+// ms rounds d to the millisecond.
+func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+// printPasses prints the manager's TokenPolicy passes (BENCH_TRACE=1) that
+// ran between from and to, each as when it started and ended relative to
+// from, and what it did.
+func printPasses(mgr *process, from, to time.Time) {
+	mgr.mu.Lock()
+	defer mgr.mu.Unlock()
+	for _, l := range mgr.lines {
+		if l["msg"] != "Bundle pass" {
+			continue
+		}
+		end := l[arrivedAt].(time.Time)
+		took, _ := l["took"].(float64)
+		start := end.Add(-time.Duration(took * float64(time.Second)))
+		if end.Before(from) || start.After(to) {
+			continue
+		}
+		waited, _ := l["waited"].(float64)
+		read, _ := l["read"].(float64)
+		kind := fmt.Sprint(l["kind"])
+		if why, ok := l["why"]; ok {
+			kind += fmt.Sprintf(" (%v)", why)
+		}
+		fmt.Printf("      pass %+v → %+v: %s, changed %v (oldest waited %v), read %v, shards encoded %v written %v paced %v%s\n",
+			ms(start.Sub(from)), ms(end.Sub(from)), kind, l["changed"], ms(time.Duration(waited*float64(time.Second))),
+			ms(time.Duration(read*float64(time.Second))), l["encoded"], l["written"], l["paced"], failed(l))
+	}
+}
+
+func failed(l map[string]any) string {
+	if f, ok := l["failed"]; ok {
+		return fmt.Sprintf(", failed: %v", f)
+	}
+	return ""
 }
 
 func percentile(sorted []time.Duration, p int) time.Duration {
