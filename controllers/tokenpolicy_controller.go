@@ -105,6 +105,9 @@ func (r *TokenPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		if !equality.Semantic.DeepEqual(before.Status, policy.Status) {
 			err = errors.Join(err, client.IgnoreNotFound(r.Status().Patch(ctx, policy, patch)))
 		}
+		if pending {
+			pass.trace.pending = errBundleCacheBehind
+		}
 		pass.trace.log(ctrl.LoggerFrom(ctx), err)
 	}()
 	res, err = runPhases(ctx, pass, r.ensureSigning, r.ensureRevocations, r.ensureBundle, r.ensureUsage)

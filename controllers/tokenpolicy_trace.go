@@ -25,6 +25,8 @@ type passTrace struct {
 	// and left waiting for the additions' pace; bytes were written.
 	encoded, written, paced int
 	bytes                   int64
+	// pending is why the pass ended early, to be retried (nil: it did not).
+	pending error
 }
 
 // log writes the pass's line; took is its whole time, the status write
@@ -40,6 +42,9 @@ func (t *passTrace) log(log logr.Logger, err error) {
 	}
 	if err != nil {
 		kv = append(kv, "failed", err.Error())
+	}
+	if t.pending != nil {
+		kv = append(kv, "failed", "retried: "+t.pending.Error())
 	}
 	log.V(1).Info("Bundle pass", kv...)
 }
