@@ -314,6 +314,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 	var lat []time.Duration
 	shardWrites := watchShardWrites(ctx, b, cfg, ns)
 	var toShard, fromShard []time.Duration // change → shard written, shard written → refused
+	var timelines []sampleTimeline
 	for i := 0; i < r.n && len(lat) < numSamples; i += max(r.n/numSamples, 1) {
 		key := &keygatev1.ApiKey{}
 		must(b, c.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("key-%06d", i)}, key))
@@ -326,6 +327,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		if code := authTest(base, user, pass); code != http.StatusOK {
 			b.Fatalf("Ready key %s: sidecar answers %d, want 200", key.Name, code)
 		}
+		cpuAt := cpu.read()
 		t0 := time.Now()
 		must(b, c.Patch(ctx, key, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"disabled":true}}`))))
 		patched := time.Now()
@@ -348,9 +350,15 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 				line += fmt.Sprintf(", shard written +%v", ms(at.Sub(t0)))
 			}
 		}
-		fmt.Printf("%s, sidecar refuses +%v\n", line, ms(refused.Sub(t0)))
+		line += fmt.Sprintf(", sidecar refuses +%v; CPU meanwhile: %s", ms(refused.Sub(t0)), cpu.since(cpuAt))
+		timelines = append(timelines, sampleTimeline{line: line, from: t0, to: refused})
+	}
+	// Printed once all samples are taken: a pass logs when it ends, after
+	// its status write, which may be after the sidecar refused the key.
+	for _, tl := range timelines {
+		fmt.Println(tl.line)
 		if trace {
-			printPasses(mgr, t0, refused)
+			printPasses(mgr, tl.from, tl.to)
 		}
 	}
 	slices.Sort(lat)
@@ -486,6 +494,13 @@ func authTest(base, user, pass string) int {
 // ms rounds d to the millisecond.
 func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
+// sampleTimeline is one change → sidecar sample: its line, and when it
+// started (the disable sent) and ended (the sidecar refused the key).
+type sampleTimeline struct {
+	line     string
+	from, to time.Time
+}
+
 // printPasses prints the manager's TokenPolicy passes (BENCH_TRACE=1) that
 // ran between from and to, each as when it started and ended relative to
 // from, and what it did.
@@ -493,10 +508,13 @@ func printPasses(mgr *process, from, to time.Time) {
 	mgr.mu.Lock()
 	defer mgr.mu.Unlock()
 	for _, l := range mgr.lines {
+		end := l[arrivedAt].(time.Time)
+		if l["msg"] == "Wrote bundle Secret" && !end.Before(from) && !end.After(to) {
+			fmt.Printf("      %v written (update returned) +%v\n", l["secret"], ms(end.Sub(from)))
+		}
 		if l["msg"] != "Bundle pass" {
 			continue
 		}
-		end := l[arrivedAt].(time.Time)
 		took, _ := l["took"].(float64)
 		start := end.Add(-time.Duration(took * float64(time.Second)))
 		if end.Before(from) || start.After(to) {
@@ -508,8 +526,8 @@ func printPasses(mgr *process, from, to time.Time) {
 		if why, ok := l["why"]; ok {
 			kind += fmt.Sprintf(" (%v)", why)
 		}
-		fmt.Printf("      pass %+v → %+v: %s, changed %v (oldest waited %v), read %v, shards encoded %v written %v paced %v%s\n",
-			ms(start.Sub(from)), ms(end.Sub(from)), kind, l["changed"], ms(time.Duration(waited*float64(time.Second))),
+		fmt.Printf("      pass %+v → %+v: %s, changed %v (oldest noted at %+v), read %v, shards encoded %v written %v paced %v%s\n",
+			ms(start.Sub(from)), ms(end.Sub(from)), kind, l["changed"], ms(start.Add(-time.Duration(waited*float64(time.Second))).Sub(from)),
 			ms(time.Duration(read*float64(time.Second))), l["encoded"], l["written"], l["paced"], failed(l))
 	}
 }
