@@ -35,8 +35,18 @@ type process struct {
 
 // startProcess runs bin with args, collecting its JSON log lines from stderr.
 func startProcess(b *testing.B, name, bin string, args ...string) *process {
+	return startProcessEnv(b, nil, name, bin, args...)
+}
+
+// startProcessEnv is startProcess with env added to the benchmark's
+// environment. The Go runtime's GC trace lines (GODEBUG=gctrace=1) are kept
+// as lines whose msg is "gc" and text the line.
+func startProcessEnv(b *testing.B, env []string, name, bin string, args ...string) *process {
 	b.Helper()
 	p := &process{name: name, cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := p.cmd.StderrPipe()
 	must(b, err)
 	p.cmd.Stdout = io.Discard
@@ -48,7 +58,10 @@ func startProcess(b *testing.B, name, bin string, args ...string) *process {
 		for sc.Scan() {
 			line := map[string]any{}
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
+				if !strings.HasPrefix(sc.Text(), "gc ") {
+					continue
+				}
+				line = map[string]any{"msg": "gc", "text": sc.Text()}
 			}
 			line[arrivedAt] = time.Now()
 			p.mu.Lock()

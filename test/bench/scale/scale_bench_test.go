@@ -227,13 +227,18 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		args = append(args, "--pprof-bind-address=127.0.0.1:0", "--metrics-bind-address=127.0.0.1:0")
 	}
 	// BENCH_TRACE=1 has the manager log each TokenPolicy pass (V(1), "Bundle
-	// pass"), printed next to the change → sidecar sample it carried.
+	// pass") and its GC cycles (gctrace), printed next to the change →
+	// sidecar sample they concern.
 	trace := os.Getenv("BENCH_TRACE") != ""
 	if trace {
 		args = append(args, "--zap-log-level=1")
 	}
 	args = append(args, strings.Fields(os.Getenv("BENCH_MANAGER_ARGS"))...)
-	mgr := startProcess(b, "manager", bins["manager"], args...)
+	var env []string
+	if trace {
+		env = []string{"GODEBUG=gctrace=1"}
+	}
+	mgr := startProcessEnv(b, env, "manager", bins["manager"], args...)
 	defer mgr.stop(b)
 	var mgrPprof, mgrMetrics string
 	if profDir != "" {
@@ -511,6 +516,9 @@ func printPasses(mgr *process, from, to time.Time) {
 		end := l[arrivedAt].(time.Time)
 		if l["msg"] == "Wrote bundle Secret" && !end.Before(from) && !end.After(to) {
 			fmt.Printf("      %v written (update returned) +%v\n", l["secret"], ms(end.Sub(from)))
+		}
+		if l["msg"] == "gc" && !end.Before(from) && !end.After(to) {
+			fmt.Printf("      +%v %v\n", ms(end.Sub(from)), l["text"])
 		}
 		if l["msg"] != "Bundle pass" {
 			continue
