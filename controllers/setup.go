@@ -422,7 +422,7 @@ func (r *TokenPolicyReconciler) setup(mgr manager.Manager, concurrency int) erro
 		For(&keygatev1.TokenPolicy{}, builder.WithPredicates(specOrMetadataChanged)).
 		Owns(&corev1.Secret{}, builder.WithPredicates(predicate.Funcs{
 			CreateFunc: func(e event.CreateEvent) bool { r.bundleSecretEvent(e.Object); return true },
-			UpdateFunc: func(e event.UpdateEvent) bool { return r.bundleSecretEvent(e.ObjectNew) },
+			UpdateFunc: func(e event.UpdateEvent) bool { return r.bundleSecretUpdated(e.ObjectNew) },
 			DeleteFunc: func(e event.DeleteEvent) bool { r.bundleSecretEvent(e.Object); return true },
 		})).
 		Owns(&corev1.ConfigMap{}, builder.WithPredicates(predicate.Funcs{
@@ -465,6 +465,12 @@ func (r *TokenPolicyReconciler) bundleSecretEvent(o client.Object) bool {
 		r.shardStates.changedBundleSecret(types.NamespacedName{Namespace: o.GetNamespace(), Name: policy}, o.GetName())
 	}
 	return true
+}
+
+// bundleSecretUpdated is bundleSecretEvent for an update, which is also
+// this process's own when it carries the data of a write under way.
+func (r *TokenPolicyReconciler) bundleSecretUpdated(o client.Object) bool {
+	return !r.isOwnWriteUnderWay(o) && r.bundleSecretEvent(o)
 }
 
 // touchApiKey notes, for the incremental bundle pass, that ApiKey o of

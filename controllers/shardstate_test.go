@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/keygate-dev/keygate/api/bundle"
@@ -315,4 +317,70 @@ func TestShardChangedByOthersIsRewritten(t *testing.T) {
 	_, err = r.ensureBundle(ctx, pass)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(string(m.secrets[name].Data[bundle.SecretDataKey])).To(Equal(string(want)))
+}
+
+// eventBeforeAnswer delivers the watch event of each Secret update before
+// the update returns, as a loaded API server's watch may.
+type eventBeforeAnswer struct {
+	*memCache
+	mu    sync.Mutex
+	event func(*corev1.Secret)
+}
+
+func (e *eventBeforeAnswer) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
+	if err := e.memCache.Update(ctx, obj, opts...); err != nil {
+		return err
+	}
+	e.memCache.mu.Lock()
+	stored := e.memCache.secrets[obj.GetName()].DeepCopy()
+	e.memCache.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.event(stored)
+	return nil
+}
+
+// The watch event of this process's own bundle write, arriving before the
+// write's answer, is not taken for a change by someone else: that cost a
+// pass (the shard encoded again, found unchanged) that a key change arriving
+// meanwhile waited for. Someone else's update during a write is still noted.
+func TestOwnBundleWriteEventBeforeItsAnswerQueuesNoPass(t *testing.T) {
+	g := NewWithT(t)
+	saved := bundle.KeysPerShard
+	t.Cleanup(func() { bundle.KeysPerShard = saved })
+	bundle.KeysPerShard = 10 // 4 shards for 40 keys
+	r, m, pass := benchPolicy(t, 0)
+	pass.policy.Spec.MaxApiKeys = 40
+	var verdicts []bool
+	r.Client = &eventBeforeAnswer{memCache: m, event: func(s *corev1.Secret) { verdicts = append(verdicts, r.bundleSecretUpdated(s)) }}
+	ctx := context.Background()
+	for i := range 20 {
+		r.touchApiKey("p", m.addKey(t, fmt.Sprintf("a%02d", i), pass.now.Add(time.Duration(i)*time.Second), pass.now))
+	}
+	_, err := r.ensureBundle(ctx, pass)
+	g.Expect(err).NotTo(HaveOccurred())
+	policy := client.ObjectKeyFromObject(pass.policy)
+	for i := range 5 { // disabled: removals, written at once
+		m.updateKey(i, func(k *keygatev1.ApiKey) { k.Spec.Disabled = true })
+		r.touchApiKey("p", m.keys[i])
+		_, err = r.ensureBundle(ctx, pass)
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(verdicts).NotTo(BeEmpty(), "shards were updated")
+	g.Expect(verdicts).NotTo(ContainElement(true), "no pass queued for this process's own writes")
+	r.shardStates.mu.Lock()
+	g.Expect(r.shardStates.rewrite[policy]).To(BeEmpty(), "no shard marked as changed by someone else")
+	r.shardStates.mu.Unlock()
+
+	name := bundle.ShardName("p", 4, 1)
+	nn := types.NamespacedName{Namespace: pass.policy.Namespace, Name: name}
+	r.writing.Store(nn, m.secrets[name].Data[bundle.SecretDataKey])
+	other := m.secrets[name].DeepCopy()
+	other.ResourceVersion = "999999"
+	other.Data[bundle.SecretDataKey] = []byte(`{"other":"bytes"}`)
+	g.Expect(r.bundleSecretUpdated(other)).To(BeTrue(), "other bytes than the write under way: someone else's")
+	r.writing.Delete(nn)
+	r.shardStates.mu.Lock()
+	g.Expect(r.shardStates.rewrite[policy]).To(HaveKey(name))
+	r.shardStates.mu.Unlock()
 }

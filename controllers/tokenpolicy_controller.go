@@ -40,6 +40,10 @@ type TokenPolicyReconciler struct {
 
 	// ownWrites maps each bundle Secret to the resourceVersion this process wrote.
 	ownWrites sync.Map
+	// writing maps each bundle Secret this process is writing to the data
+	// it writes, until ownWrites has its resourceVersion: the watch event
+	// of a write may arrive before the write's answer (isOwnWriteUnderWay).
+	writing sync.Map
 	// pacer spaces the shard writes that only add keys.
 	pacer additionPacer
 	// creds keeps what a pass read of each credentials Secret.

@@ -293,6 +293,9 @@ func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.To
 		equality.Semantic.DeepEqual(cached.Labels, desired.Labels) && equality.Semantic.DeepEqual(cached.OwnerReferences, desired.OwnerReferences) {
 		return cached.ResourceVersion, false, nil
 	}
+	nn := types.NamespacedName{Namespace: p.Namespace, Name: name}
+	r.writing.Store(nn, data)
+	defer r.writing.Delete(nn) // after ownWrites.Store below: no event falls between the two
 	if found {
 		err = r.Update(ctx, desired, fieldOwner)
 	} else {
@@ -301,7 +304,7 @@ func (r *TokenPolicyReconciler) writeBundle(ctx context.Context, p *keygatev1.To
 	if err != nil {
 		return "", false, fmt.Errorf("write bundle Secret %q: %w", name, err)
 	}
-	r.ownWrites.Store(types.NamespacedName{Namespace: p.Namespace, Name: name}, desired.ResourceVersion)
+	r.ownWrites.Store(nn, desired.ResourceVersion)
 	ctrl.LoggerFrom(ctx).V(1).Info("Wrote bundle Secret", "secret", name, "bytes", len(data))
 	return desired.ResourceVersion, true, nil
 }
@@ -365,4 +368,18 @@ func (r *TokenPolicyReconciler) awaitOwnWrite(ctx context.Context, p *keygatev1.
 func (r *TokenPolicyReconciler) isOwnBundleWrite(o client.Object) bool {
 	rv, ok := r.ownWrites.Load(types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()})
 	return ok && rv == o.GetResourceVersion()
+}
+
+// isOwnWriteUnderWay tells whether an update event of a bundle Secret
+// carries the data this process is writing to it right now: the event of
+// that write, arrived before the write's answer (ownWrites does not know
+// its resourceVersion yet). Taken for a change by someone else, it cost a
+// pass that re-encoded the shard and found it unchanged, and a key change
+// arriving meanwhile waited for that pass (docs/operator.md, "At scale").
+// Anyone else's write of the same bytes can only have come first, and then
+// this process's write fails on its resourceVersion and is retried.
+func (r *TokenPolicyReconciler) isOwnWriteUnderWay(o client.Object) bool {
+	data, ok := r.writing.Load(types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()})
+	s, isSecret := o.(*corev1.Secret)
+	return ok && isSecret && bytes.Equal(s.Data[bundle.SecretDataKey], data.([]byte))
 }

@@ -30,7 +30,7 @@ func (r *TokenPolicyReconciler) ensureShardedBundle(ctx context.Context, pass *p
 	basis := shardBasis(p, count, pass.signing.HashKey)
 	prev, valid, changed, rewrite, since := r.shardStates.take(policyKey, basis)
 	tr := &pass.trace
-	tr.kind, tr.changed = "incremental", len(changed)
+	*tr = passTrace{start: tr.start, kind: "incremental", changed: len(changed)}
 	if !since.IsZero() {
 		tr.waited = time.Since(since)
 	}
