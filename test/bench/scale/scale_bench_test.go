@@ -520,8 +520,14 @@ func printPasses(mgr *process, from, to time.Time) {
 		if l["msg"] == "Wrote bundle Secret" && !end.Before(from) && !end.After(to) {
 			fmt.Printf("      %v written (update returned) +%v\n", l["secret"], ms(end.Sub(from)))
 		}
-		if l["msg"] == "gc" && !end.Before(from) && !end.After(to) {
+		inWindow := !end.Before(from) && !end.After(to)
+		if l["msg"] == "gc" && inWindow {
 			fmt.Printf("      +%v %v\n", ms(end.Sub(from)), l["text"])
+		}
+		// Anything else the manager logged at info or error level meanwhile
+		// (lost contact with the API server, a watch that ended, a failure).
+		if (l["level"] == "info" || l["level"] == "error") && inWindow {
+			fmt.Printf("      +%v manager %v: %v %.200v\n", ms(end.Sub(from)), l["level"], l["msg"], l["error"])
 		}
 		if l["msg"] != "Bundle pass" {
 			continue
