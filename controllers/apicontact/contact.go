@@ -19,6 +19,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -70,6 +71,10 @@ type Contact struct {
 	Interval time.Duration
 	Timeout  time.Duration
 
+	// lastAnswer is when a request through the wrapped config last got an
+	// answer (UnixNano): proof of contact whatever the probe says.
+	lastAnswer atomic.Int64
+
 	mu       sync.Mutex
 	back     chan struct{} // closed while in contact; a new open channel while waiting
 	lostAt   time.Time
@@ -110,7 +115,8 @@ func (c *Contact) Start(ctx context.Context) error {
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()
 	for {
-		c.observe(c.ready(ctx))
+		start := time.Now()
+		c.observe(c.ready(ctx), start)
 		select {
 		case <-ctx.Done():
 			c.release() // anything still waiting goes on and fails on its own
@@ -143,8 +149,13 @@ func (c *Contact) ready(ctx context.Context) error {
 	return nil
 }
 
-// observe records one probe's outcome.
-func (c *Contact) observe(err error) {
+// observe records the outcome of the probe started at start. A failed probe
+// counts as a success when a request was answered since one interval
+// before it started.
+func (c *Contact) observe(err error, start time.Time) {
+	if err != nil && c.lastAnswer.Load() >= start.Add(-c.Interval).UnixNano() {
+		err = nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	inContact := isClosed(c.back)
@@ -215,7 +226,13 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.c.wait(req.Context()); err != nil {
 		return nil, err
 	}
-	return t.next.RoundTrip(req)
+	resp, err := t.next.RoundTrip(req)
+	// Any answer but a server error (a starting API server's 500, an
+	// unavailable etcd's 503) shows the API server is there.
+	if err == nil && resp.StatusCode < http.StatusInternalServerError {
+		t.c.lastAnswer.Store(time.Now().UnixNano())
+	}
+	return resp, err
 }
 
 // WrappedRoundTripper lets client-go see the transport underneath.

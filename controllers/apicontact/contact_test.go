@@ -107,11 +107,62 @@ func TestForbiddenReadyzIsContact(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		c.observe(c.ready(context.Background()))
+		start := time.Now()
+		c.observe(c.ready(context.Background()), start)
 	}
 	if !isClosed(c.current()) {
 		t.Fatal("requests held although the API server answered (403)")
 	}
+}
+
+// TestAnsweredRequestsAreContact: on a busy API server /readyz can answer
+// later than the probe's timeout while the manager's requests are answered;
+// requests must not be held then. Without answered requests the same slow
+// probes lose contact.
+func TestAnsweredRequestsAreContact(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			<-r.Context().Done() // slower than any probe's timeout
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer api.Close()
+	cfg := &rest.Config{Host: api.URL}
+	c, err := New(cfg, logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Timeout = 20 * time.Millisecond
+	c.Wrap(cfg)
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := func() {
+		start := time.Now()
+		c.observe(c.ready(context.Background()), start)
+	}
+	for i := range 5 {
+		resp, err := hc.Get(api.URL + "/api/v1/namespaces")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		probe()
+		if !isClosed(c.current()) {
+			t.Fatalf("probe %d: requests held although the API server answered them", i)
+		}
+	}
+	// No request answered for an interval: the slow probes are all there is.
+	c.lastAnswer.Store(time.Now().Add(-2 * c.Interval).UnixNano())
+	for range failuresToLose {
+		probe()
+	}
+	if isClosed(c.current()) {
+		t.Fatal("requests not held after failed probes and no answered request")
+	}
+	c.release()
 }
 
 func waitUntil(t *testing.T, cond func() bool) {
