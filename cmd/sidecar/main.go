@@ -25,6 +25,7 @@ import (
 	"github.com/keygate-dev/keygate/api/bundle"
 	"github.com/keygate-dev/keygate/internal/memorylimit"
 	"github.com/keygate-dev/keygate/sidecar/config"
+	"github.com/keygate-dev/keygate/sidecar/gctarget"
 	"github.com/keygate-dev/keygate/sidecar/revocation"
 	"github.com/keygate-dev/keygate/sidecar/server"
 	"github.com/keygate-dev/keygate/sidecar/servingcert"
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	tlsKey := fs.String("tls-key-file", "", "PEM private key of --tls-cert-file")
 	tlsClientCA := fs.String("tls-client-ca-file", "", "require client certificates signed by these PEM CAs on the TLS listener, reloaded on change; the verified subject goes to the workload in "+server.HeaderClientCertSubject+" (needs --tls-cert-file)")
 	kubeBurst := fs.Int("kube-api-burst", DefaultKubeAPIBurst, "requests to the API server allowed at once above --kube-api-qps")
-	gogc := fs.String("gogc", defaultGOGC(), "garbage collector target percentage (GOGC): the heap may grow this much over what is live before a collection; an integer, or off; the default is $GOGC when set, else "+strconv.Itoa(DefaultGOGC)+" (docs/sidecar.md)")
+	gogc := fs.String("gogc", defaultGOGC(), "garbage collector target percentage (GOGC): the heap may grow this much over what is live before a collection; auto (4 MiB over what is live, between 25 and 100, set again whenever a bundle is put in force), an integer, or off; the default is $GOGC when set, else auto (docs/sidecar.md)")
 	memoryLimit := fs.String("memory-limit", "auto", "soft memory limit of the Go runtime (GOMEMLIMIT): auto (GOMEMLIMIT if set, else 90% of the container's memory limit, else none), none, or a quantity such as 48Mi (docs/sidecar.md)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -152,6 +153,9 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	defer stopSources()
 
 	store := &config.Store{}
+	if *gogc == "auto" {
+		store.OnChange(func(*config.Runtime) { gctarget.Auto() })
+	}
 	revoked := revocation.NewSet()
 	var revStore revocation.Store
 	var recorder *usage.Recorder // Kubernetes mode only: usage goes to the policy's usage ConfigMap
@@ -300,33 +304,29 @@ func run(ctx context.Context, args []string, listening func(main, admin net.Addr
 	return nil
 }
 
-// DefaultGOGC is the sidecar's garbage collector target (GOGC) unless GOGC
-// is set. Its request path allocates nothing (the fast path) or little, so
-// what the collector collects is mostly the bundle's: each shard change
-// leaves some 2 MiB of read, decoded and replaced data. Go's default (100)
-// lets the heap reach twice what is live before collecting, which at
-// 100,000 keys (16.6 MiB live) took the process past 64 MiB while keys
-// arrived in bulk (BenchmarkShardBulk, docs/sidecar.md "Memory").
-const DefaultGOGC = 25
-
-// defaultGOGC is --gogc's default: $GOGC when set, else DefaultGOGC.
+// defaultGOGC is --gogc's default: $GOGC when set, else auto.
 func defaultGOGC() string {
 	if v := os.Getenv("GOGC"); v != "" {
 		return v
 	}
-	return strconv.Itoa(DefaultGOGC)
+	return "auto"
 }
 
-// setGOGC sets the collector's target percentage from --gogc (an integer
-// of at least 1, or off) and returns it as the log shows it.
+// setGOGC sets the collector's target percentage from --gogc (auto, an
+// integer of at least 1, or off) and returns it as the log shows it. auto
+// (sidecar/gctarget) is set again whenever a bundle is put in force.
 func setGOGC(value string) (string, error) {
-	if value == "off" {
+	switch value {
+	case "auto":
+		debug.SetGCPercent(gctarget.Max) // until the first bundle
+		return value, nil
+	case "off":
 		debug.SetGCPercent(-1)
 		return value, nil
 	}
 	n, err := strconv.Atoi(value)
 	if err != nil || n < 1 {
-		return "", fmt.Errorf("--gogc %q: want a percentage of at least 1, or off", value)
+		return "", fmt.Errorf("--gogc %q: want auto, a percentage of at least 1, or off", value)
 	}
 	debug.SetGCPercent(n)
 	return value, nil

@@ -2,9 +2,15 @@ package main
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keygate-dev/keygate/api/bundle"
+	"github.com/keygate-dev/keygate/sidecar/bundletest"
+	"github.com/keygate-dev/keygate/sidecar/gctarget"
 )
 
 // --memory-limit sets the Go runtime's soft limit before the sidecar starts
@@ -26,8 +32,8 @@ func TestMemoryLimitFlag(t *testing.T) {
 	}
 }
 
-// --gogc sets the collector's target before the sidecar starts: DefaultGOGC
-// unless GOGC is set, then GOGC; a bad one is refused.
+// --gogc sets the collector's target before the sidecar starts: auto unless
+// GOGC is set, then GOGC; a bad one is refused.
 func TestGOGCFlag(t *testing.T) {
 	before := debug.SetGCPercent(100)
 	t.Cleanup(func() { debug.SetGCPercent(before) })
@@ -37,15 +43,11 @@ func TestGOGCFlag(t *testing.T) {
 		return run(ctx, append([]string{"--bundle-file", t.TempDir() + "/none.json", "--upstream-port", "8080", "--port", "0",
 			"--admin-port", "0", "--bind-address", "127.0.0.1"}, extra...), nil)
 	}
-	gcPercent := func() int {
-		p := debug.SetGCPercent(100)
-		debug.SetGCPercent(p)
-		return p
-	}
 	t.Setenv("GOGC", "")
+	debug.SetGCPercent(30)
 	_ = start()
-	if got := gcPercent(); got != DefaultGOGC {
-		t.Fatalf("GOGC unset: collector target %d, want %d", got, DefaultGOGC)
+	if got := gcPercent(); got != gctarget.Max {
+		t.Fatalf("GOGC unset (auto, before a bundle): collector target %d, want %d", got, gctarget.Max)
 	}
 	t.Setenv("GOGC", "80")
 	_ = start()
@@ -65,4 +67,46 @@ func TestGOGCFlag(t *testing.T) {
 			t.Fatalf("--gogc=%s: %v", bad, err)
 		}
 	}
+}
+
+// With --gogc=auto the target follows what is live each time a bundle is put
+// in force: a quarter of it for a large heap (here 48 MiB held by the test).
+func TestGOGCAutoFollowsTheBundle(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	t.Setenv("GOGC", "")
+	held := make([][]byte, 0, 48)
+	for range 48 {
+		held = append(held, make([]byte, 1<<20))
+	}
+	runtime.GC()
+	path := t.TempDir() + "/bundle.json"
+	must(t, bundletest.New(bundle.AlgEdDSA).WriteFile(path))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--bundle-file", path, "--upstream-port", "8080", "--port", "0", "--admin-port", "0",
+			"--bind-address", "127.0.0.1"}, nil)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for gcPercent() != gctarget.Min {
+		if time.Now().After(deadline) {
+			t.Fatalf("48 MiB live and a bundle loaded: collector target %d, want %d", gcPercent(), gctarget.Min)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	runtime.KeepAlive(held)
+}
+
+// gcPercent is the collector's target in force.
+func gcPercent() int {
+	p := debug.SetGCPercent(100)
+	debug.SetGCPercent(p)
+	return p
 }
