@@ -34,11 +34,13 @@ var secretKind = corev1.SchemeGroupVersion.WithKind("Secret")
 func protoFields(m []byte, fn func(num int, wire int, v uint64, b []byte) bool) bool {
 	for len(m) > 0 {
 		key, n := binary.Uvarint(m)
-		if n <= 0 || key>>3 == 0 {
+		// The generated decoders take the field number as an int32 of the
+		// key shifted (truncated), and refuse it unless positive.
+		num, wire := int(int32(key>>3)), int(key&7) //nolint:gosec // truncated as the generated decoders do
+		if n <= 0 || num <= 0 {
 			return false
 		}
 		m = m[n:]
-		num, wire := int(key>>3), int(key&7) //nolint:gosec // a field number fits an int
 		var v uint64
 		var b []byte
 		switch wire {
@@ -73,17 +75,31 @@ func protoFields(m []byte, fn func(num int, wire int, v uint64, b []byte) bool) 
 	return true
 }
 
+// wireOK reports whether field num of a message came with its wire type:
+// wires[i] is field i+1's. Fields the message does not have are skipped,
+// as the generated decoders skip them; a known field with another wire
+// type is an error for them, and so the message is not decoded here.
+func wireOK(num, wire int, wires ...int) bool {
+	return num > len(wires) || wires[num-1] == wire
+}
+
 // aliasWatchEvent decodes the protobuf WatchEvent frame into ev with its
 // raw object a slice of frame; false when frame is not one.
 func aliasWatchEvent(frame []byte, ev *metav1.WatchEvent) bool {
 	*ev = metav1.WatchEvent{}
 	return protoFields(frame, func(num, wire int, _ uint64, b []byte) bool {
+		if !wireOK(num, wire, 2, 2) {
+			return false
+		}
 		switch {
 		case num == 1 && wire == 2: // type
 			ev.Type = string(b)
 		case num == 2 && wire == 2: // object (RawExtension)
 			return protoFields(b, func(num, wire int, _ uint64, raw []byte) bool {
-				if num == 1 && wire == 2 {
+				if !wireOK(num, wire, 2) {
+					return false
+				}
+				if num == 1 {
 					ev.Object.Raw = raw
 				}
 				return true
@@ -102,12 +118,15 @@ func aliasSecret(data []byte) (*corev1.Secret, bool) {
 	var apiVersion, kind, encoding string
 	var raw []byte
 	ok := protoFields(data[len(protobufMagic):], func(num, wire int, _ uint64, b []byte) bool {
-		if wire != 2 {
-			return true
+		if !wireOK(num, wire, 2, 2, 2, 2) {
+			return false
 		}
 		switch num {
 		case 1: // typeMeta
 			return protoFields(b, func(num, wire int, _ uint64, b []byte) bool {
+				if !wireOK(num, wire, 2, 2) {
+					return false
+				}
 				switch {
 				case num == 1 && wire == 2:
 					apiVersion = string(b)
@@ -128,6 +147,9 @@ func aliasSecret(data []byte) (*corev1.Secret, bool) {
 	}
 	s := &corev1.Secret{}
 	ok = protoFields(raw, func(num, wire int, v uint64, b []byte) bool {
+		if !wireOK(num, wire, 2, 2, 2, 2, 0) {
+			return false
+		}
 		switch {
 		case num == 1 && wire == 2:
 			return s.ObjectMeta.Unmarshal(b) == nil
@@ -171,6 +193,9 @@ func protoMapEntry(b []byte) (string, []byte, bool) {
 	var key string
 	value := []byte{}
 	ok := protoFields(b, func(num, wire int, _ uint64, f []byte) bool {
+		if !wireOK(num, wire, 2, 2) {
+			return false
+		}
 		switch {
 		case num == 1 && wire == 2:
 			key = string(f)
