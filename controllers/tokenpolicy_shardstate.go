@@ -184,15 +184,7 @@ func (sh *shardSet) ordered() []*keyState {
 	for _, k := range sh.members {
 		out = append(out, k)
 	}
-	slices.SortFunc(out, func(a, b *keyState) int {
-		switch {
-		case orderBefore(a.created, a.name, b.created, b.name):
-			return -1
-		case orderBefore(b.created, b.name, a.created, a.name):
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, byCreation)
 	seen := make(map[string]bool, len(out))
 	kept := out[:0]
 	for _, k := range out {
@@ -421,15 +413,7 @@ func (r *TokenPolicyReconciler) fullShardState(ctx context.Context, pass *policy
 	if err != nil {
 		return nil, nil, err
 	}
-	slices.SortFunc(eligible, func(a, b *keyState) int {
-		switch {
-		case orderBefore(a.created, a.name, b.created, b.name):
-			return -1
-		case orderBefore(b.created, b.name, a.created, a.name):
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(eligible, byCreation)
 	st := newShardState(basis, pass.now, count)
 	r.creds.forget(client.ObjectKeyFromObject(p)) // a policy that was unsharded
 	limit := maxApiKeys(p)
@@ -484,4 +468,15 @@ func encodeShard(doc *bundle.Shard, keys []*keyState, limit int) (int, []byte, e
 // shardLabel is the label value of shard i.
 func shardLabel(i int) map[string]string {
 	return map[string]string{bundle.LabelShard: strconv.Itoa(i)}
+}
+
+// byCreation orders keys as the bundle does: older first, then by name.
+func byCreation(a, b *keyState) int {
+	switch {
+	case orderBefore(a.created, a.name, b.created, b.name):
+		return -1
+	case orderBefore(b.created, b.name, a.created, a.name):
+		return 1
+	}
+	return 0
 }

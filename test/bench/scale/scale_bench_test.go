@@ -75,15 +75,7 @@ func BenchmarkScale(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
-	scheme := runtime.NewScheme()
-	must(b, clientgoscheme.AddToScheme(scheme))
-	must(b, keygatev1.AddToScheme(scheme))
-	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	must(b, err)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	must(b, err)
-	b.Cleanup(func() { _ = env.Stop() })
+	scheme, root, env, cfg := startAPIServer(b)
 	dir := b.TempDir()
 	user, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
 	must(b, err)
@@ -145,6 +137,22 @@ func BenchmarkScale(b *testing.B) {
 }
 
 // buildBinaries builds cmd/manager and cmd/sidecar into dir.
+// startAPIServer starts envtest's API server and etcd with keygate's CRDs
+// (stopped when b ends) and returns the scheme, the repository root, the
+// environment and its admin config.
+func startAPIServer(b *testing.B) (*runtime.Scheme, string, *envtest.Environment, *rest.Config) {
+	scheme := runtime.NewScheme()
+	must(b, clientgoscheme.AddToScheme(scheme))
+	must(b, keygatev1.AddToScheme(scheme))
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
+	must(b, err)
+	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	must(b, err)
+	b.Cleanup(func() { _ = env.Stop() })
+	return scheme, root, env, cfg
+}
+
 func buildBinaries(b *testing.B, root, dir string) map[string]string {
 	out := map[string]string{}
 	for _, name := range []string{"manager", "sidecar"} {

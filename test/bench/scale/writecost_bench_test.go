@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,11 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	keygatev1 "github.com/keygate-dev/keygate/api/v1alpha1"
 )
@@ -36,15 +32,7 @@ const writeCostKeys = 4000
 // operator/ceiling ratio on a CPU-bound API server.
 func BenchmarkWriteCosts(b *testing.B) {
 	ctrl.SetLogger(logr.Discard())
-	scheme := runtime.NewScheme()
-	must(b, clientgoscheme.AddToScheme(scheme))
-	must(b, keygatev1.AddToScheme(scheme))
-	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	must(b, err)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	must(b, err)
-	b.Cleanup(func() { _ = env.Stop() })
+	scheme, _, env, cfg := startAPIServer(b)
 	cfg.QPS, cfg.Burst = -1, 0
 	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 	must(b, err)
