@@ -157,7 +157,7 @@ bench-scale: envtest ## Benchmark at scale: manager + sidecar as processes vs th
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkScale -benchtime=1x -count=1 -timeout=60m ./test/bench/scale
 
 .PHONY: bench-write-costs
-bench-write-costs: envtest ## API server CPU per request for each write a new key needs (creates, status patch/update/apply): the floor of bench-scale's ratio.
+bench-write-costs: envtest ## API server CPU per request for each write a new key needs (creates, status patch/update/apply, the least status write): the floor of bench-scale's ratio; BENCH_PROFILE=<dir> saves the API server's CPU profiles.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run='^$$' -bench=BenchmarkWriteCosts -benchtime=1x -count=1 -timeout=30m ./test/bench/scale
 
 .PHONY: bench-peers
