@@ -32,8 +32,17 @@ const (
 	propagation = time.Second
 	// catchUp bounds the reconnection after an API server outage
 	// (client-go's reflector backs off up to 30 s).
-	catchUp  = 45 * time.Second
-	interval = 20 * time.Millisecond
+	catchUp = 45 * time.Second
+	// afterOutage bounds a change made right after an outage: for 30 s after
+	// the return the sidecar GETs the bundle and the revocations every
+	// second (sidecar/config's probe; a watch re-established then may deliver
+	// nothing for some 20 s), both reads within one second, and a round whose
+	// reads time out on the API server just back is skipped. A few rounds,
+	// not the 1 s of a working watch: over 40 runs on a loaded machine the
+	// revocation below took 0.12 to 1.015 s, 38 of them at the probe's next
+	// round (0.97 s or more), and the 1 s bound failed CI now and then.
+	afterOutage = 5 * time.Second
+	interval    = 20 * time.Millisecond
 )
 
 var (
@@ -366,7 +375,7 @@ func TestKubernetesMode(t *testing.T) {
 		if code != 201 {
 			t.Fatalf("revoke after the API server returned: %d", code)
 		}
-		eventually(t, propagation, "revocation on A after the outage", func() bool { return a.get(tok2) == 401 })
+		eventually(t, afterOutage, "revocation on A after the outage", func() bool { return a.get(tok2) == 401 })
 		eventually(t, catchUp, "stale flag cleared", func() bool { return !strings.Contains(a.readyzBody(), "source unreachable") })
 	})
 }
