@@ -3,11 +3,13 @@ package config
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
@@ -234,29 +236,46 @@ type listThenWatch struct{ *cache.ListWatch }
 
 func (listThenWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
-// probeShards reads the named shards with GET (see probe).
-func (k *Kubernetes) probeShards(ctx context.Context) {
+// probeShards reads with GET the shards the index names that are due (see
+// probe) and reports whether every read succeeded. It stops at the first
+// read the API server did not answer (unreachable: the next ones would wait
+// out their timeouts too); a shard it refused (say, not yet in the Role)
+// does not keep the others from being read.
+func (k *Kubernetes) probeShards(ctx context.Context, due map[string]bool) bool {
 	k.applyMu.Lock()
 	var names []string
 	if k.sharded != nil {
-		names = slices.Clone(k.sharded.index.Shards)
+		for _, name := range k.sharded.index.Shards {
+			if due["Secret "+name] {
+				names = append(names, name)
+			}
+		}
 	}
 	k.applyMu.Unlock()
+	ok := true
 	for _, name := range names {
 		gctx, cancel := context.WithTimeout(ctx, probeInterval)
 		s := &corev1.Secret{}
 		err := k.Client.Get().Namespace(k.Namespace).Resource("secrets").Name(name).Do(gctx).Into(s)
 		cancel()
 		if err != nil {
-			return
+			var status apierrors.APIStatus
+			if !errors.As(err, &status) {
+				return false
+			}
+			ok = false
+			continue
 		}
 		k.applyShard(s)
 	}
+	return ok
 }
 
-// forgetHealth drops the health record of an object no longer watched.
+// forgetHealth drops the health record and the catch-up of an object no
+// longer watched.
 func (k *Kubernetes) forgetHealth(what string) {
 	k.mu.Lock()
 	delete(k.health, what)
+	delete(k.broken, what)
 	k.mu.Unlock()
 }
