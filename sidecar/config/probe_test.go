@@ -69,8 +69,13 @@ func (t *faultyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(r)
 	if err == nil && r.URL.Query().Get("watch") == "true" {
 		t.mu.Lock()
-		t.watches[name] = append(t.watches[name], resp.Body)
-		t.mu.Unlock()
+		defer t.mu.Unlock()
+		if t.down || t.refused[name] {
+			// refused while the request was on its way: cut at once
+			_ = resp.Body.Close()
+		} else {
+			t.watches[name] = append(t.watches[name], resp.Body)
+		}
 	}
 	return resp, err
 }
