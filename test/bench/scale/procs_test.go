@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,6 +132,47 @@ func (p *process) stop(b *testing.B) {
 		<-p.done
 	}
 	_ = p.cmd.Wait()
+}
+
+// terminate sends the process SIGTERM, as the kubelet does, and waits up to
+// timeout for it to exit (then kills it); it returns how long the exit took
+// and how it went.
+func (p *process) terminate(b *testing.B, timeout time.Duration) (time.Duration, string) {
+	start := time.Now()
+	must(b, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	_ = p.cmd.Wait()
+	return time.Since(start), p.cmd.ProcessState.String()
+}
+
+// count is the number of log lines so far whose msg is msg.
+func (p *process) count(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.lines {
+		if l["msg"] == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// lastLog is when the last log line so far whose msg is msg was read; zero when none.
+func (p *process) lastLog(msg string) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.lines) - 1; i >= 0; i-- {
+		if p.lines[i]["msg"] == msg {
+			return p.lines[i][arrivedAt].(time.Time)
+		}
+	}
+	return time.Time{}
 }
 
 func vmHWM(b *testing.B, file string) float64 {

@@ -62,6 +62,7 @@ type result struct {
 	etcdMiB                float64
 	samples                int
 	settled                bool
+	restart                string // the restart phase's line
 }
 
 func BenchmarkScale(b *testing.B) {
@@ -128,7 +129,7 @@ func BenchmarkScale(b *testing.B) {
 				debug(fmt.Sprintf("the ceiling, N=%d", n))
 			}
 			measureOperator(b, c, cfg, cs.Discovery().RESTClient(), bins, kubeconfig, cpu, &r)
-			debug(fmt.Sprintf("the operator, N=%d (includes the benchmark's own creates, lists and %d disables)", n, numSamples))
+			debug(fmt.Sprintf("the operator, N=%d (includes the benchmark's own creates, lists and %d disables, and the restart)", n, numSamples))
 			r.etcdMiB = etcdSizeMiB(b, etcdURL)
 			rows = append(rows, r)
 		}
@@ -250,7 +251,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		env = []string{"GODEBUG=gctrace=1"}
 	}
 	mgr := startProcessEnv(b, env, "manager", bins["manager"], args...)
-	defer mgr.stop(b)
+	defer func() { mgr.stop(b) }() // the restarted one, after a restart
 	var mgrPprof, mgrMetrics string
 	if profDir != "" {
 		mgrPprof = "http://" + mgr.waitLog(ctx, b, "pprof server", serverLog("pprof"))["addr"].(string)
@@ -389,15 +390,23 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 			ms(percentile(fromShard, 50)), ms(percentile(fromShard, 99)), ms(percentile(fromShard, 100)))
 	}
 	r.managerRSS, r.sidecarRSS = mgr.peakRSSMiB(b), sc.peakRSSMiB(b)
+	cancel() // the samples' shard watch
+	if b.Failed() {
+		return
+	}
+	rs := restartScenario{c: c, cfg: cfg, apiServer: apiServer, cpu: cpu, sidecar: sc, base: base, ns: ns, n: r.n,
+		bin: bins["manager"], env: env, args: args, trace: trace}
+	mgr, r.restart = rs.run(b, mgr)
 }
 
-// shardWriteTimes records when a watch saw each bundle shard Secret written.
+// shardWriteTimes records when a watch saw each Secret written.
 type shardWriteTimes struct {
-	mu sync.Mutex
-	at map[string][]time.Time
+	mu          sync.Mutex
+	at          map[string][]time.Time
+	credentials map[string]bool // the names of credentials Secrets
 }
 
-// firstAfter is the first time shard name was seen written after t.
+// firstAfter is the first time Secret name was seen written after t.
 func (s *shardWriteTimes) firstAfter(name string, t time.Time) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -409,25 +418,54 @@ func (s *shardWriteTimes) firstAfter(name string, t time.Time) (time.Time, bool)
 	return time.Time{}, false
 }
 
+// countSince is the number of writes seen after t: of credentials Secrets,
+// and of other Secrets (the bundle's).
+func (s *shardWriteTimes) countSince(t time.Time) (credentials, others int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, times := range s.at {
+		for _, at := range times {
+			switch {
+			case !at.After(t):
+			case s.credentials[name]:
+				credentials++
+			default:
+				others++
+			}
+		}
+	}
+	return credentials, others
+}
+
 // watchShardWrites watches the bundle shards of namespace ns from now on
 // (until ctx ends), to split a change's way to the sidecar into the
 // operator's part and the sidecar's.
 func watchShardWrites(ctx context.Context, b *testing.B, cfg *rest.Config, ns string) *shardWriteTimes {
+	return watchSecretWrites(ctx, b, cfg, ns, bundle.LabelShard)
+}
+
+// watchSecretWrites watches the Secrets of namespace ns that selector
+// matches, from now on (until ctx ends).
+func watchSecretWrites(ctx context.Context, b *testing.B, cfg *rest.Config, ns, selector string) *shardWriteTimes {
 	cs, err := kubernetes.NewForConfig(cfg)
 	must(b, err)
-	sel := metav1.ListOptions{LabelSelector: bundle.LabelShard}
+	// One item is enough for the list's resourceVersion, whatever the count.
+	sel := metav1.ListOptions{LabelSelector: selector, Limit: 1}
 	list, err := cs.CoreV1().Secrets(ns).List(ctx, sel)
 	must(b, err)
-	sel.ResourceVersion = list.ResourceVersion
+	sel.ResourceVersion, sel.Limit = list.ResourceVersion, 0
 	w, err := cs.CoreV1().Secrets(ns).Watch(ctx, sel)
 	must(b, err)
-	out := &shardWriteTimes{at: map[string][]time.Time{}}
+	out := &shardWriteTimes{at: map[string][]time.Time{}, credentials: map[string]bool{}}
 	go func() {
 		defer w.Stop()
 		for ev := range w.ResultChan() {
 			if s, ok := ev.Object.(*corev1.Secret); ok {
 				out.mu.Lock()
 				out.at[s.Name] = append(out.at[s.Name], time.Now())
+				if s.Labels[keygatev1.LabelApiKey] != "" {
+					out.credentials[s.Name] = true
+				}
 				out.mu.Unlock()
 			}
 		}
@@ -594,6 +632,11 @@ func printTable(rows []result) {
 			r.n, r.ceiling.Round(10*time.Millisecond), r.ready.Round(10*time.Millisecond), r.readyKeys, r.tooLarge,
 			r.inSidecar.Round(10*time.Millisecond), ratio,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.slowest.Round(time.Millisecond), r.samples, r.managerRSS, r.sidecarRSS, r.etcdMiB)
+	}
+	for _, r := range rows {
+		if r.restart != "" {
+			fmt.Println(r.restart)
+		}
 	}
 }
 
