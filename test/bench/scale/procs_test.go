@@ -150,18 +150,26 @@ func (p *process) terminate(b *testing.B, timeout time.Duration) (time.Duration,
 	return time.Since(start), p.cmd.ProcessState.String()
 }
 
-// count is the number of log lines so far whose msg is msg.
-func (p *process) count(msg string) int {
+// count is the number of log lines so far that match accepts.
+func (p *process) count(match func(map[string]any) bool) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for _, l := range p.lines {
-		if l["msg"] == msg {
+		if match(l) {
 			n++
 		}
 	}
 	return n
 }
+
+// withMsg matches the log lines whose msg is msg.
+func withMsg(msg string) func(map[string]any) bool {
+	return func(l map[string]any) bool { return l["msg"] == msg }
+}
+
+// isError matches the error-level log lines.
+func isError(l map[string]any) bool { return l["level"] == "error" }
 
 // lastLog is when the last log line so far whose msg is msg was read; zero when none.
 func (p *process) lastLog(msg string) time.Time {
@@ -197,15 +205,15 @@ func procStatusMiB(file, field string) (float64, error) {
 }
 
 // profilePeakHeap saves a heap profile of process p (its pprof server at
-// pprofURL) into file each time p's RSS, sampled every 10 s, reaches a new
-// high (by 16 MiB or more), until ctx ends: the profile at the peak, not
+// pprofURL) into file each time p's RSS, sampled every interval, reaches a
+// new high (by 16 MiB or more), until ctx ends: the profile at the peak, not
 // only the one at the end. The heap profile is as of the last GC (no GC is
 // forced, so the peak is not disturbed).
-func profilePeakHeap(ctx context.Context, b *testing.B, p *process, pprofURL, file string) {
+func profilePeakHeap(ctx context.Context, b *testing.B, p *process, pprofURL, file string, interval time.Duration) {
 	status := fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid)
 	best, at := 0.0, time.Now()
 	start := at
-	tick := time.NewTicker(10 * time.Second)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {

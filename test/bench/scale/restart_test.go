@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -41,6 +42,9 @@ type restartScenario struct {
 	bin       string
 	env, args []string
 	trace     bool
+	// profDir (BENCH_PROFILE) receives heap profiles of the new manager: at
+	// its RSS peak and once it is quiet.
+	profDir string
 }
 
 // liveKey is a Ready, enabled ApiKey and its credentials.
@@ -70,11 +74,22 @@ func (s *restartScenario) run(b *testing.B, old *process) (*process, string) {
 
 	stopped, exit := old.terminate(b, 60*time.Second)
 	secrets := watchSecretWrites(ctx, b, s.cfg, s.ns, keygatev1.LabelManagedBy+"="+keygatev1.ManagedByValue)
-	loadsBefore := s.sidecar.count("Loaded bundle")
+	loadsBefore := s.sidecar.count(withMsg("Loaded bundle"))
 	reqBefore := apiRequests(b, s.apiServer)
 	start := time.Now()
 	mgr := startProcessEnv(b, s.env, "manager", s.bin, s.args...)
 	pid := mgr.cmd.Process.Pid
+	rss := sampleRSS(ctx, pid)
+	var profiled sync.WaitGroup
+	var pprofURL string
+	peakCtx, stopPeak := context.WithCancel(ctx)
+	defer stopPeak()
+	if s.profDir != "" {
+		pprofURL = "http://" + mgr.waitLog(ctx, b, "pprof server", serverLog("pprof"))["addr"].(string)
+		profiled.Go(func() {
+			profilePeakHeap(peakCtx, b, mgr, pprofURL, filepath.Join(s.profDir, fmt.Sprintf("manager-heap-restart-peak-%d.pprof", s.n)), time.Second)
+		})
+	}
 
 	firstTook, err := s.disableAndWait(ctx, first)
 	if err != nil {
@@ -113,6 +128,12 @@ func (s *restartScenario) run(b *testing.B, old *process) (*process, string) {
 		return mgr, ""
 	}
 	hwm, cpuUsed := mgr.peakRSSMiB(b), cpuSeconds(pid)
+	peakRSS, peakAt := rss.peak()
+	stopPeak()
+	profiled.Wait()
+	if s.profDir != "" {
+		fetch(b, pprofURL+"/debug/pprof/heap?gc=1", filepath.Join(s.profDir, fmt.Sprintf("manager-heap-restart-%d.pprof", s.n)))
+	}
 	reqs := requestDiff(reqBefore, apiRequests(b, s.apiServer))
 	answered, refused := probe.stop()
 	if refused > 0 {
@@ -123,15 +144,19 @@ func (s *restartScenario) run(b *testing.B, old *process) (*process, string) {
 	if s.trace {
 		printPasses(mgr, start, quiet.at)
 	}
+	for msg, count := range mgr.errorSummary() {
+		fmt.Printf("  N=%d: restarted manager error (%d×): %.300s\n", s.n, count, msg)
+	}
 	slices.Sort(lat)
 	return mgr, fmt.Sprintf("  N=%d: restart: old manager exited %v after SIGTERM (%s); new manager: workers started +%v, "+
 		"a change made as it started in the sidecar +%v (ready to act; %v from its PATCH; VmHWM %.0f MiB, CPU %.1f s), "+
-		"then %d changes→sidecar p50 %v / slowest %v, quiet (CPU idle) +%v (VmHWM %.0f MiB, CPU %.1f s); "+
+		"then %d changes→sidecar p50 %v / slowest %v, quiet (CPU idle) +%v (VmHWM %.0f MiB, RSS sampled every 250 ms at most %.0f MiB at +%v, CPU %.1f s, "+
+		"%d error-level log lines); "+
 		"writes seen by a watch: %d of bundle Secrets, %d of credentials Secrets; sidecar bundle loads %d (%d changes); sidecar answered %d of %d requests of a Ready key with 200; "+
 		"API requests meanwhile (the %d changes included): %s",
 		s.n, ms(stopped), exit, ms(mgr.lastLog("Starting workers").Sub(start)), ms(ready), ms(firstTook), readyHWM, readyCPU,
-		len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 100)), ms(quiet.at.Sub(start)), hwm, cpuUsed,
-		bundleWrites, credWrites, s.sidecar.count("Loaded bundle")-loadsBefore, changes, answered-refused, answered,
+		len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 100)), ms(quiet.at.Sub(start)), hwm, peakRSS, ms(peakAt.Sub(start)), cpuUsed, mgr.count(isError),
+		bundleWrites, credWrites, s.sidecar.count(withMsg("Loaded bundle"))-loadsBefore, changes, answered-refused, answered,
 		changes, reqs)
 }
 
@@ -263,13 +288,51 @@ func (q *quietWatch) isQuiet() bool {
 	}
 }
 
+// rssSampler keeps the highest VmRSS of a process sampled every 250 ms.
+type rssSampler struct {
+	mu  sync.Mutex
+	max float64
+	at  time.Time
+}
+
+func sampleRSS(ctx context.Context, pid int) *rssSampler {
+	s := &rssSampler{}
+	status := fmt.Sprintf("/proc/%d/status", pid)
+	go func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if v, err := procStatusMiB(status, "VmRSS"); err == nil {
+				s.mu.Lock()
+				if v > s.max {
+					s.max, s.at = v, time.Now()
+				}
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+// peak is the highest RSS sampled so far, in MiB, and when.
+func (s *rssSampler) peak() (float64, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.max, s.at
+}
+
 // requestDiff formats the API requests counted in cur and not in before,
 // by verb and resource (requests for no resource, such as /metrics, left out).
 func requestDiff(before, cur map[string]float64) string {
 	var parts []string
 	for k, v := range cur {
 		verb, resource, _ := strings.Cut(k, " ")
-		if d := v - before[k]; d > 0 && resource != "" {
+		if d := v - before[k]; d > 0 && resource != "" && !strings.HasPrefix(resource, "/") {
 			parts = append(parts, fmt.Sprintf("%s %s %.0f", verb, resource, d))
 		}
 	}

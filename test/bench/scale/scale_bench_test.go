@@ -291,7 +291,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 	var peakDone sync.WaitGroup
 	if profDir != "" {
 		peakDone.Go(func() {
-			profilePeakHeap(peakCtx, b, mgr, mgrPprof, filepath.Join(profDir, fmt.Sprintf("manager-heap-peak-%d.pprof", r.n)))
+			profilePeakHeap(peakCtx, b, mgr, mgrPprof, filepath.Join(profDir, fmt.Sprintf("manager-heap-peak-%d.pprof", r.n)), 10*time.Second)
 		})
 	}
 	createAll(ctx, b, r.n, func(ctx context.Context, i int) error { return c.Create(ctx, newKey(ns, i)) })
@@ -395,7 +395,7 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 		return
 	}
 	rs := restartScenario{c: c, cfg: cfg, apiServer: apiServer, cpu: cpu, sidecar: sc, base: base, ns: ns, n: r.n,
-		bin: bins["manager"], env: env, args: args, trace: trace}
+		bin: bins["manager"], env: env, args: args, trace: trace, profDir: profDir}
 	mgr, r.restart = rs.run(b, mgr)
 }
 
