@@ -109,7 +109,13 @@ type testManager struct {
 // until the test ends (or stop is called).
 func startManager(t *testing.T, ns string, clk clock.PassiveClock) *testManager {
 	t.Helper()
-	mgr := newTestManager(t, ns)
+	return startManagerWith(t, ns, clk, cfg)
+}
+
+// startManagerWith is startManager with its own client configuration c.
+func startManagerWith(t *testing.T, ns string, clk clock.PassiveClock, c *rest.Config) *testManager {
+	t.Helper()
+	mgr := newTestManagerWith(t, ns, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := SetupWithManager(ctx, mgr, Options{Clock: clk}); err != nil {
 		t.Fatalf("set up reconcilers: %v", err)
@@ -132,7 +138,13 @@ func startManager(t *testing.T, ns string, clk clock.PassiveClock) *testManager 
 // newTestManager makes a manager with the operator's cache options, scoped to ns.
 func newTestManager(t *testing.T, ns string) ctrl.Manager {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	return newTestManagerWith(t, ns, cfg)
+}
+
+// newTestManagerWith is newTestManager with its own client configuration c.
+func newTestManagerWith(t *testing.T, ns string, c *rest.Config) ctrl.Manager {
+	t.Helper()
+	mgr, err := ctrl.NewManager(c, ctrl.Options{
 		Scheme:                 scheme,
 		Logger:                 testLog,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
