@@ -264,7 +264,9 @@ func etcdSizeMiB(b *testing.B, etcdURL string) float64 {
 }
 
 // apiRequests reads the API server's request counts by verb and resource
-// (apiserver_request_total), for the breakdown BENCH_DEBUG=1 prints.
+// (apiserver_request_total), for the breakdown BENCH_DEBUG=1 and the
+// restart print; answers other than 2xx are counted apart, with their code
+// ("PATCH apikeys/status 409").
 func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
 	raw, err := rc.Get().AbsPath("/metrics").DoRaw(context.Background())
 	must(b, err)
@@ -275,7 +277,7 @@ func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
 			continue
 		}
 		labels, value, _ := strings.Cut(rest, "} ")
-		var verb, resource, sub string
+		var verb, resource, sub, code string
 		for _, kv := range strings.Split(labels, ",") {
 			k, v, _ := strings.Cut(kv, "=")
 			v = strings.Trim(v, `"`)
@@ -286,10 +288,15 @@ func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
 				resource = v
 			case "subresource":
 				sub = v
+			case "code":
+				code = v
 			}
 		}
 		if sub != "" {
 			resource += "/" + sub
+		}
+		if !strings.HasPrefix(code, "2") {
+			resource += " " + code
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		if err == nil {
