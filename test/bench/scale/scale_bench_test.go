@@ -572,7 +572,8 @@ func printPasses(mgr *process, from, to time.Time) {
 		}
 		// Anything else the manager logged at info or error level meanwhile
 		// (lost contact with the API server, a watch that ended, a failure).
-		if (l["level"] == "info" || l["level"] == "error") && inWindow {
+		// Conflicts are logged at V(1), with the error and "retried".
+		if (l["level"] == "info" || l["level"] == "error" || l["retried"] == true) && inWindow {
 			fmt.Printf("      +%v manager %v: %v %.200v\n", ms(end.Sub(from)), l["level"], l["msg"], l["error"])
 		}
 		if l["msg"] != "Bundle pass" {
