@@ -268,11 +268,18 @@ func etcdSizeMiB(b *testing.B, etcdURL string) float64 {
 // restart print; answers other than 2xx are counted apart, with their code
 // ("PATCH apikeys/status 409").
 func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
+	return apiMetric(b, rc, "apiserver_request_total")
+}
+
+// apiMetric reads an API server metric labelled by verb and resource
+// (apiserver_request_total, apiserver_longrunning_requests: the watches
+// open), summed by verb and resource, codes other than 2xx apart.
+func apiMetric(b *testing.B, rc rest.Interface, name string) map[string]float64 {
 	raw, err := rc.Get().AbsPath("/metrics").DoRaw(context.Background())
 	must(b, err)
 	out := map[string]float64{}
 	for _, line := range strings.Split(string(raw), "\n") {
-		rest, ok := strings.CutPrefix(line, "apiserver_request_total{")
+		rest, ok := strings.CutPrefix(line, name+"{")
 		if !ok {
 			continue
 		}
@@ -295,7 +302,7 @@ func apiRequests(b *testing.B, rc rest.Interface) map[string]float64 {
 		if sub != "" {
 			resource += "/" + sub
 		}
-		if !strings.HasPrefix(code, "2") {
+		if code != "" && !strings.HasPrefix(code, "2") {
 			resource += " " + code
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)

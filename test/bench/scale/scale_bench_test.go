@@ -63,6 +63,7 @@ type result struct {
 	samples                int
 	settled                bool
 	restart                string // the restart phase's line
+	failover               string // the failover phase's line
 }
 
 func BenchmarkScale(b *testing.B) {
@@ -394,9 +395,16 @@ func measureOperator(b *testing.B, c client.Client, cfg *rest.Config, apiServer 
 	if b.Failed() {
 		return
 	}
+	// The restarted manager is leader-elected, as the chart runs it, so that
+	// it is the leader the failover's standby takes over from.
 	rs := restartScenario{c: c, cfg: cfg, apiServer: apiServer, cpu: cpu, sidecar: sc, base: base, ns: ns, n: r.n,
-		bin: bins["manager"], env: env, args: args, trace: trace, profDir: profDir}
+		bin: bins["manager"], env: env, args: append(slices.Clone(args), "--leader-elect", "--leader-election-namespace", ns),
+		trace: trace, profDir: profDir}
 	mgr, r.restart = rs.run(b, mgr)
+	if b.Failed() || r.restart == "" {
+		return
+	}
+	mgr, r.failover = rs.failover(b, mgr)
 }
 
 // shardWriteTimes records when a watch saw each Secret written.
@@ -637,6 +645,9 @@ func printTable(rows []result) {
 	for _, r := range rows {
 		if r.restart != "" {
 			fmt.Println(r.restart)
+		}
+		if r.failover != "" {
+			fmt.Println(r.failover)
 		}
 	}
 }
