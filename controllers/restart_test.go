@@ -21,20 +21,31 @@ import (
 )
 
 // writeLog records the writes (every request but GET) a client sends, as
-// "METHOD path", Events left out.
+// "METHOD path", Events left out; or, with note set, what note makes of
+// each request (nothing when it returns "").
 type writeLog struct {
+	note   func(*http.Request) string
 	mu     sync.Mutex
 	writes []string
 }
 
 // wrap has the requests of c recorded.
 func (w *writeLog) wrap(c *rest.Config) *rest.Config {
+	note := w.note
+	if note == nil {
+		note = func(req *http.Request) string {
+			if req.Method == http.MethodGet || strings.Contains(req.URL.Path, "/events") {
+				return ""
+			}
+			return req.Method + " " + req.URL.Path
+		}
+	}
 	c = rest.CopyConfig(c)
 	c.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
-			if req.Method != http.MethodGet && !strings.Contains(req.URL.Path, "/events") {
+			if s := note(req); s != "" {
 				w.mu.Lock()
-				w.writes = append(w.writes, req.Method+" "+req.URL.Path)
+				w.writes = append(w.writes, s)
 				w.mu.Unlock()
 			}
 			return rt.RoundTrip(req)

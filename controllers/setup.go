@@ -153,6 +153,9 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 	if err := indexPolicyRefs(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
+	if err := warmInformers(ctx, mgr.GetCache()); err != nil {
+		return err
+	}
 	ak := &ApiKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock,
 		Recorder: mgr.GetEventRecorder("keygate-apikey")}
 	if err := ak.setup(mgr, opts.ApiKeyConcurrency); err != nil {
@@ -160,6 +163,22 @@ func SetupWithManager(ctx context.Context, mgr manager.Manager, opts Options) er
 	}
 	tp := &TokenPolicyReconciler{Client: mgr.GetClient(), Clock: opts.Clock, Recorder: mgr.GetEventRecorder("keygate-tokenpolicy")}
 	return tp.setup(mgr, opts.TokenPolicyConcurrency)
+}
+
+// warmInformers asks informers for the kinds the controllers watch besides
+// ApiKeys (whose informer indexPolicyRefs asks for). The cache starts before
+// the leader election, but an informer exists only once asked for, and the
+// controllers ask when they start, once elected: without this a standby
+// replica (--leader-elect) held only the ApiKeys, and on a failover listed
+// every credentials Secret after winning the election (docs/operator.md,
+// "Leader failover at 100,000 keys").
+func warmInformers(ctx context.Context, informers cache.Informers) error {
+	for _, o := range []client.Object{&keygatev1.TokenPolicy{}, &corev1.Secret{}, &corev1.ConfigMap{}} {
+		if _, err := informers.GetInformer(ctx, o, cache.BlockUntilSynced(false)); err != nil {
+			return fmt.Errorf("watch %T: %w", o, err)
+		}
+	}
+	return nil
 }
 
 // indexPolicyRefs indexes ApiKeys by the TokenPolicy they name and by their

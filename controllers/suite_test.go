@@ -101,6 +101,7 @@ func runSuite(m *testing.M) int {
 
 // testManager is one running operator, scoped to one namespace.
 type testManager struct {
+	mgr    ctrl.Manager
 	client client.Client
 	stop   func()
 }
@@ -112,10 +113,11 @@ func startManager(t *testing.T, ns string, clk clock.PassiveClock) *testManager 
 	return startManagerWith(t, ns, clk, cfg)
 }
 
-// startManagerWith is startManager with its own client configuration c.
-func startManagerWith(t *testing.T, ns string, clk clock.PassiveClock, c *rest.Config) *testManager {
+// startManagerWith is startManager with its own client configuration c,
+// its options changed by tune.
+func startManagerWith(t *testing.T, ns string, clk clock.PassiveClock, c *rest.Config, tune ...func(*ctrl.Options)) *testManager {
 	t.Helper()
-	mgr := newTestManagerWith(t, ns, c)
+	mgr := newTestManagerWith(t, ns, c, tune...)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := SetupWithManager(ctx, mgr, Options{Clock: clk}); err != nil {
 		t.Fatalf("set up reconcilers: %v", err)
@@ -132,7 +134,7 @@ func startManagerWith(t *testing.T, ns string, clk clock.PassiveClock, c *rest.C
 		})
 	}
 	t.Cleanup(stop)
-	return &testManager{client: mgr.GetClient(), stop: stop}
+	return &testManager{mgr: mgr, client: mgr.GetClient(), stop: stop}
 }
 
 // newTestManager makes a manager with the operator's cache options, scoped to ns.
@@ -141,17 +143,22 @@ func newTestManager(t *testing.T, ns string) ctrl.Manager {
 	return newTestManagerWith(t, ns, cfg)
 }
 
-// newTestManagerWith is newTestManager with its own client configuration c.
-func newTestManagerWith(t *testing.T, ns string, c *rest.Config) ctrl.Manager {
+// newTestManagerWith is newTestManager with its own client configuration c,
+// its options changed by tune.
+func newTestManagerWith(t *testing.T, ns string, c *rest.Config, tune ...func(*ctrl.Options)) ctrl.Manager {
 	t.Helper()
-	mgr, err := ctrl.NewManager(c, ctrl.Options{
+	opts := ctrl.Options{
 		Scheme:                 scheme,
 		Logger:                 testLog,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  CacheOptions([]string{ns}),
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}
+	for _, f := range tune {
+		f(&opts)
+	}
+	mgr, err := ctrl.NewManager(c, opts)
 	if err != nil {
 		t.Fatalf("create manager: %v", err)
 	}

@@ -251,7 +251,7 @@ func since(t, start time.Time) string {
 // waitCachedKeys polls a manager's /metrics until keygate_apikeys, read from
 // its cache, counts n ApiKeys.
 func waitCachedKeys(ctx context.Context, metricsURL string, n int) error {
-	last := "no answer"
+	var last string
 	for {
 		if count, err := cachedKeys(ctx, metricsURL); err != nil {
 			last = err.Error()
