@@ -95,9 +95,7 @@ func reconcilesDone(g Gomega, name string) float64 {
 // policy's count. make bench-scale measures the same at 100,000 keys.
 func TestRestartWritesNothing(t *testing.T) {
 	g := NewWithT(t)
-	saved := bundle.KeysPerShard
-	bundle.KeysPerShard = 4 // restored after the managers stop (cleanups run last-in first-out)
-	t.Cleanup(func() { bundle.KeysPerShard = saved })
+	withKeysPerShard(t, 4)
 	ns := newNamespace(t)
 	m := startManager(t, ns, clock.RealClock{})
 	create(t, newPolicy(ns, "p", withMaxApiKeys(12)))

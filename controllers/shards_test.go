@@ -53,9 +53,7 @@ func shardLabelled(g Gomega, ns, policy string) []string {
 // policy small enough goes back to one v1 bundle.
 func TestShardedBundle(t *testing.T) {
 	g := NewWithT(t)
-	saved := bundle.KeysPerShard
-	bundle.KeysPerShard = 4 // restored after the manager stops (cleanups run last-in first-out)
-	t.Cleanup(func() { bundle.KeysPerShard = saved })
+	withKeysPerShard(t, 4)
 	ns := newNamespace(t)
 	startManager(t, ns, clock.RealClock{})
 	create(t, newPolicy(ns, "p", withMaxApiKeys(12)))
@@ -161,9 +159,9 @@ func TestShardedBundle(t *testing.T) {
 // usual time although the pace would hold additions for minutes.
 func TestShardAdditionsPacedRemovalsNot(t *testing.T) {
 	g := NewWithT(t)
-	saved, savedRate := bundle.KeysPerShard, shardAdditionsBytesPerSecond.Load()
-	bundle.KeysPerShard = 4 // restored after the manager stops (cleanups run last-in first-out)
-	t.Cleanup(func() { bundle.KeysPerShard = saved; shardAdditionsBytesPerSecond.Store(savedRate) })
+	withKeysPerShard(t, 4)
+	savedRate := shardAdditionsBytesPerSecond.Load()
+	t.Cleanup(func() { shardAdditionsBytesPerSecond.Store(savedRate) })
 	ns := newNamespace(t)
 	startManager(t, ns, clock.RealClock{})
 	create(t, newPolicy(ns, "p", withMaxApiKeys(8)))

@@ -41,12 +41,12 @@ func (c *countingMem) List(ctx context.Context, list client.ObjectList, opts ...
 // nothing.
 func TestIncrementalPassEqualsFullPass(t *testing.T) {
 	g := NewWithT(t)
-	savedPerShard, savedRate, savedMax := bundle.KeysPerShard, shardAdditionsBytesPerSecond.Load(), maxBundleBytes
+	withKeysPerShard(t, 50) // 16 shards for 650 keys
+	savedRate, savedMax := shardAdditionsBytesPerSecond.Load(), maxBundleBytes
 	t.Cleanup(func() {
-		bundle.KeysPerShard, maxBundleBytes = savedPerShard, savedMax
+		maxBundleBytes = savedMax
 		shardAdditionsBytesPerSecond.Store(savedRate)
 	})
-	bundle.KeysPerShard = 50                    // 16 shards for 650 keys
 	maxBundleBytes = 6 << 10                    // some 26 keys a shard of about 37: shards are cut
 	shardAdditionsBytesPerSecond.Store(1 << 62) // no pace: a full pass would write what waits
 
@@ -234,12 +234,9 @@ func packShardLikeBefore(entries []bundle.Key) ([]byte, error) {
 // additions.
 func TestPacedAdditionsLeavePolicyReady(t *testing.T) {
 	g := NewWithT(t)
-	savedPerShard, savedRate := bundle.KeysPerShard, shardAdditionsBytesPerSecond.Load()
-	t.Cleanup(func() {
-		bundle.KeysPerShard = savedPerShard
-		shardAdditionsBytesPerSecond.Store(savedRate)
-	})
-	bundle.KeysPerShard = 10              // 4 shards for 40 keys
+	withKeysPerShard(t, 10) // 4 shards for 40 keys
+	savedRate := shardAdditionsBytesPerSecond.Load()
+	t.Cleanup(func() { shardAdditionsBytesPerSecond.Store(savedRate) })
 	shardAdditionsBytesPerSecond.Store(1) // after the first write, additions wait for hours
 	r, m, pass := benchPolicy(t, 0)
 	pass.policy.Spec.MaxApiKeys = 40
@@ -294,9 +291,7 @@ func TestPacedAdditionsLeavePolicyReady(t *testing.T) {
 // incremental though it is: the watch event names it.
 func TestShardChangedByOthersIsRewritten(t *testing.T) {
 	g := NewWithT(t)
-	saved := bundle.KeysPerShard
-	t.Cleanup(func() { bundle.KeysPerShard = saved })
-	bundle.KeysPerShard = 10 // 4 shards for 40 keys
+	withKeysPerShard(t, 10) // 4 shards for 40 keys
 	r, m, pass := benchPolicy(t, 0)
 	pass.policy.Spec.MaxApiKeys = 40
 	ctx := context.Background()
@@ -346,9 +341,7 @@ func (e *eventBeforeAnswer) Update(ctx context.Context, obj client.Object, opts 
 // meanwhile waited for. Someone else's update during a write is still noted.
 func TestOwnBundleWriteEventBeforeItsAnswerQueuesNoPass(t *testing.T) {
 	g := NewWithT(t)
-	saved := bundle.KeysPerShard
-	t.Cleanup(func() { bundle.KeysPerShard = saved })
-	bundle.KeysPerShard = 10 // 4 shards for 40 keys
+	withKeysPerShard(t, 10) // 4 shards for 40 keys
 	r, m, pass := benchPolicy(t, 0)
 	pass.policy.Spec.MaxApiKeys = 40
 	var verdicts []bool

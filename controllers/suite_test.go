@@ -165,6 +165,15 @@ func newTestManagerWith(t *testing.T, ns string, c *rest.Config, tune ...func(*c
 	return mgr
 }
 
+// withKeysPerShard sets bundle.KeysPerShard to n for the rest of tb. Call it
+// before starting a manager: cleanups run last-in first-out, so the value
+// is restored after the managers the test started have stopped.
+func withKeysPerShard(tb testing.TB, n int) {
+	saved := bundle.KeysPerShard
+	bundle.KeysPerShard = n
+	tb.Cleanup(func() { bundle.KeysPerShard = saved })
+}
+
 // newNamespace creates a namespace of its own for a test.
 func newNamespace(t *testing.T) string {
 	t.Helper()

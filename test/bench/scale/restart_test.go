@@ -390,33 +390,45 @@ const (
 
 func watchQuiet(ctx context.Context, pid int) *quietWatch {
 	q := &quietWatch{done: make(chan struct{})}
-	go func() {
-		type sample struct {
-			at  time.Time
-			cpu float64
+	type sample struct {
+		at  time.Time
+		cpu float64
+	}
+	var win []sample
+	go everySample(ctx, func() bool {
+		now := sample{time.Now(), cpuSeconds(pid)}
+		win = append(win, now)
+		for len(win) > 1 && now.at.Sub(win[1].at) >= quietWindow {
+			win = win[1:]
 		}
-		var win []sample
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			now := sample{time.Now(), cpuSeconds(pid)}
-			win = append(win, now)
-			for len(win) > 1 && now.at.Sub(win[1].at) >= quietWindow {
-				win = win[1:]
-			}
-			if now.at.Sub(win[0].at) >= quietWindow && now.cpu-win[0].cpu < quietCPU {
-				q.at = win[0].at
-				close(q.done)
-				return
-			}
+		if now.at.Sub(win[0].at) >= quietWindow && now.cpu-win[0].cpu < quietCPU {
+			q.at = win[0].at
+			close(q.done)
+			return false
 		}
-	}()
+		return true
+	})
 	return q
+}
+
+// samplePeriod is how often watchQuiet and sampleRSS look at a process.
+const samplePeriod = 250 * time.Millisecond
+
+// everySample calls sample every samplePeriod until it returns false or ctx
+// ends.
+func everySample(ctx context.Context, sample func() bool) {
+	tick := time.NewTicker(samplePeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !sample() {
+			return
+		}
+	}
 }
 
 func (q *quietWatch) isQuiet() bool {
@@ -428,7 +440,7 @@ func (q *quietWatch) isQuiet() bool {
 	}
 }
 
-// rssSampler keeps the highest VmRSS of a process sampled every 250 ms.
+// rssSampler keeps the highest VmRSS of a process sampled every samplePeriod.
 type rssSampler struct {
 	mu  sync.Mutex
 	max float64
@@ -438,24 +450,16 @@ type rssSampler struct {
 func sampleRSS(ctx context.Context, pid int) *rssSampler {
 	s := &rssSampler{}
 	status := fmt.Sprintf("/proc/%d/status", pid)
-	go func() {
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+	go everySample(ctx, func() bool {
+		if v, err := procStatusMiB(status, "VmRSS"); err == nil {
+			s.mu.Lock()
+			if v > s.max {
+				s.max, s.at = v, time.Now()
 			}
-			if v, err := procStatusMiB(status, "VmRSS"); err == nil {
-				s.mu.Lock()
-				if v > s.max {
-					s.max, s.at = v, time.Now()
-				}
-				s.mu.Unlock()
-			}
+			s.mu.Unlock()
 		}
-	}()
+		return true
+	})
 	return s
 }
 
