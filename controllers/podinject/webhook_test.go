@@ -200,7 +200,9 @@ func TestSidecarAccess(t *testing.T) {
 		g.Expect(k8sClient.Create(ctx, sar)).To(Succeed())
 		return sar.Status.Allowed
 	}
-	g.Expect(can("get", "secrets", "keygate-payments-api")).To(BeTrue(), "get its bundle Secret")
+	// The API server's RBAC authorizer reads Roles from its own cache, which
+	// may not have the version just read yet: the first grant is polled.
+	g.Eventually(func() bool { return can("get", "secrets", "keygate-payments-api") }).WithTimeout(timeout).WithPolling(interval).Should(BeTrue(), "get its bundle Secret")
 	g.Expect(can("watch", "secrets", "keygate-payments-api")).To(BeTrue(), "watch its bundle Secret")
 	g.Expect(can("patch", "configmaps", "keygate-payments-api-revocations")).To(BeTrue(), "patch its revocations")
 	g.Expect(can("get", "secrets", "payments-db-credentials")).To(BeFalse(), "get another Secret")
@@ -220,7 +222,7 @@ func TestSidecarAccess(t *testing.T) {
 		return role.Rules[0].ResourceNames
 	}).WithTimeout(timeout).WithPolling(interval).Should(ConsistOf(append([]string{"keygate-payments-api"}, shards...)))
 	g.Expect(shards).To(HaveLen(8))
-	g.Expect(can("watch", "secrets", shards[7])).To(BeTrue(), "watch a shard")
+	g.Eventually(func() bool { return can("watch", "secrets", shards[7]) }).WithTimeout(timeout).WithPolling(interval).Should(BeTrue(), "watch a shard")
 	g.Expect(can("watch", "secrets", bundle.ShardName("billing", 8, 7))).To(BeFalse(), "watch another policy's shard")
 
 	// The last injected pod gone, the access goes too.
